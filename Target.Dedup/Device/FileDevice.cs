@@ -1,0 +1,160 @@
+// A back-end file or block device opened with O_DIRECT (unless told otherwise), preallocated.
+// Invariants: every transfer is whole, 4096-aligned sectors; short transfers are retried until
+// complete or reported as an IOException; Flush is fdatasync.
+using System.Runtime.InteropServices;
+
+namespace Target.Dedup.Device;
+
+public sealed unsafe class FileDevice : IBlockDevice
+{
+    private int _fd;
+
+    private FileDevice(int fd, string path, long sizeBytes)
+    {
+        _fd = fd;
+        Name = path;
+        SizeBytes = sizeBytes;
+    }
+
+    public string Name { get; }
+
+    public long SizeBytes { get; }
+
+    /// <summary>Opens (creating and preallocating when <paramref name="createSizeBytes"/> is set) a back-end file.</summary>
+    public static FileDevice Open(string path, bool direct, long? createSizeBytes = null)
+    {
+        int flags = NativeIo.O_RDWR | NativeIo.O_CLOEXEC | (createSizeBytes.HasValue ? NativeIo.O_CREAT : 0);
+        if (direct) flags |= NativeIo.O_DIRECT;
+        int fd = NativeIo.Open(path, flags, Convert.ToInt32("644", 8));
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (direct && errno == NativeIo.EINVAL)
+                throw new IOException($"{path}: this file system does not support O_DIRECT (tmpfs has none); put the pool on ext4/xfs or a block device, or pass --no-direct");
+            throw new IOException($"open {path}: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})", errno);
+        }
+        try
+        {
+            if (createSizeBytes is long size)
+            {
+                if (size % DeviceConstants.SectorBytes != 0) throw new ArgumentException("device size must be a multiple of 4096");
+                if (NativeIo.FAllocate(fd, 0, 0, size) != 0)
+                {
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno != NativeIo.EOPNOTSUPP) throw new IOException($"fallocate {path} ({size} bytes): {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+                    if (NativeIo.FTruncate(fd, size) != 0) throw NativeIo.Error("ftruncate", path);
+                }
+            }
+            long end = NativeIo.LSeek(fd, 0, 2);
+            if (end < 0) throw NativeIo.Error("lseek", path);
+            return new FileDevice(fd, path, end - end % DeviceConstants.SectorBytes);
+        }
+        catch
+        {
+            NativeIo.Close(fd);
+            throw;
+        }
+    }
+
+    public void Read(long offsetBytes, Span<byte> destination)
+    {
+        Check(offsetBytes, destination.Length);
+        fixed (byte* p = destination)
+        {
+            int done = 0;
+            while (done < destination.Length)
+            {
+                nint n = NativeIo.PRead(_fd, p + done, destination.Length - done, offsetBytes + done);
+                if (n < 0)
+                {
+                    if (Marshal.GetLastPInvokeError() == NativeIo.EINTR) continue;
+                    throw NativeIo.Error($"pread at {offsetBytes + done}", Name);
+                }
+                if (n == 0) throw new IOException($"pread {Name} at {offsetBytes + done}: unexpected end of device");
+                done += (int)n;
+            }
+        }
+    }
+
+    public void Write(long offsetBytes, ReadOnlySpan<byte> source)
+    {
+        Check(offsetBytes, source.Length);
+        fixed (byte* p = source)
+        {
+            int done = 0;
+            while (done < source.Length)
+            {
+                nint n = NativeIo.PWrite(_fd, p + done, source.Length - done, offsetBytes + done);
+                if (n < 0)
+                {
+                    if (Marshal.GetLastPInvokeError() == NativeIo.EINTR) continue;
+                    throw NativeIo.Error($"pwrite at {offsetBytes + done}", Name);
+                }
+                done += (int)n;
+            }
+        }
+    }
+
+    public void Flush()
+    {
+        if (NativeIo.FDataSync(_fd) != 0) throw NativeIo.Error("fdatasync", Name);
+    }
+
+    /// <summary>Grows the file (used for checkpoint files, which are not preallocated).</summary>
+    public static void EnsureFileSize(string path, long sizeBytes)
+    {
+        var info = new FileInfo(path);
+        if (info.Exists && info.Length >= sizeBytes) return;
+        using var stream = new FileStream(path, FileMode.OpenOrCreate, FileAccess.Write);
+        stream.SetLength(sizeBytes);
+    }
+
+    private void Check(long offsetBytes, int length)
+    {
+        if (_fd < 0) throw new ObjectDisposedException(Name);
+        if (offsetBytes % DeviceConstants.SectorBytes != 0 || length % DeviceConstants.SectorBytes != 0)
+            throw new ArgumentException($"unaligned device transfer: offset {offsetBytes}, length {length}");
+        if (offsetBytes < 0 || offsetBytes + length > SizeBytes)
+            throw new ArgumentOutOfRangeException(nameof(offsetBytes), $"transfer {offsetBytes}+{length} beyond device size {SizeBytes}");
+    }
+
+    public void Dispose()
+    {
+        if (_fd >= 0)
+        {
+            NativeIo.Close(_fd);
+            _fd = -1;
+        }
+    }
+}
+
+/// <summary>An exclusive flock on a file in the pool directory: one process owns a pool at a time; the kernel frees it when the process dies.</summary>
+public sealed class PoolLock : IDisposable
+{
+    private int _fd;
+
+    private PoolLock(int fd) => _fd = fd;
+
+    public static PoolLock Acquire(string path)
+    {
+        int fd = NativeIo.Open(path, NativeIo.O_RDWR | NativeIo.O_CREAT | NativeIo.O_CLOEXEC, Convert.ToInt32("644", 8));
+        if (fd < 0) throw NativeIo.Error("open", path);
+        if (NativeIo.FLock(fd, NativeIo.LOCK_EX | NativeIo.LOCK_NB) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            NativeIo.Close(fd);
+            if (errno == NativeIo.EWOULDBLOCK) throw new IOException($"{path}: the pool is open in another process");
+            throw new IOException($"flock {path}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+        return new PoolLock(fd);
+    }
+
+    public void Dispose()
+    {
+        if (_fd >= 0)
+        {
+            NativeIo.Close(_fd);
+            _fd = -1;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+// Checkpoints: a full copy of the pool metadata at a log position, so recovery replays only
+// the journal after it. Two files (checkpoint-0, checkpoint-1) are written alternately; each
+// has a header with a sequence number and CRC32C over header and body, so a torn checkpoint
+// is detected and the other one is used. A checkpoint is fsynced before the log before its
+// position may be reused.
+using System.Buffers.Binary;
+using Target.Dedup.Format;
+using Target.Dedup.Hashing;
+using Target.Dedup.Index;
+using Target.Dedup.Maps;
+
+namespace Target.Dedup.Engine;
+
+internal sealed record CheckpointPosition(ulong LogSeq, uint Segment, uint OffsetBlocks, uint NextSegment);
+
+internal enum SegmentState : byte
+{
+    Free = 0,
+    Used = 1,
+    /// <summary>Dead and no longer needed for replay, but waits one more checkpoint before reuse.</summary>
+    Quarantined = 2,
+}
+
+internal static class Checkpoint
+{
+    private const ulong Magic = 0x3154504B43544754; // "TGTCKPT1"
+    private const int HeaderBytes = 4096;
+
+    public static string PathOf(string directory, int slot) => System.IO.Path.Combine(directory, $"checkpoint-{slot}");
+
+    public static void Write(string path, ulong checkpointSeq, ulong poolTag, CheckpointPosition position, PoolState state, SegmentState[] segments)
+    {
+        using var file = new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None, 1 << 16);
+        file.SetLength(0);
+        file.Position = HeaderBytes;
+        var crcStream = new CrcStream(file);
+        using (var buffered = new BufferedStream(crcStream, 1 << 20))
+        using (var w = new BinaryWriter(buffered, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write(segments.Length);
+            foreach (SegmentState s in segments) w.Write((byte)s);
+            w.Write(state.NextVolumeId);
+            w.Write(state.VolumesById.Count);
+            foreach (VolumeState v in state.VolumesById.Values.OrderBy(v => v.Id))
+            {
+                w.Write(v.Id);
+                w.Write(v.Uuid.ToByteArray());
+                w.Write(v.SizeBytes);
+                w.Write(v.LogicalBlockSize);
+                w.Write(v.Name);
+                w.Write(v.Map.AllocatedPages);
+                v.Map.ForEachPage((page, entries) =>
+                {
+                    w.Write(page);
+                    foreach (uint e in entries) w.Write(e);
+                });
+            }
+            ChunkTable chunks = state.Chunks;
+            w.Write(chunks.HighWater);
+            for (uint id = ChunkTable.FirstChunkId; id < chunks.HighWater; id++)
+            {
+                ChunkEntry e = chunks[id];
+                bool live = e.RefCount > 0;
+                w.Write(live ? e.Location : 0u);
+                w.Write(e.RefCount);
+                w.Write(live ? e.Crc : 0u);
+                w.Write(live ? e.FpHigh : 0u);
+            }
+            w.Write(state.Index.Count);
+            state.Index.ForEach((id, tag) => { w.Write(id); w.Write(tag); });
+            w.Flush();
+            buffered.Flush();
+        }
+        long bodyBytes = file.Position - HeaderBytes;
+        uint bodyCrc = crcStream.Crc;
+
+        Span<byte> header = stackalloc byte[HeaderBytes];
+        header.Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(header, Magic);
+        BinaryPrimitives.WriteUInt64LittleEndian(header[8..], checkpointSeq);
+        BinaryPrimitives.WriteUInt64LittleEndian(header[16..], poolTag);
+        BinaryPrimitives.WriteInt64LittleEndian(header[24..], bodyBytes);
+        BinaryPrimitives.WriteUInt32LittleEndian(header[32..], bodyCrc);
+        BinaryPrimitives.WriteUInt64LittleEndian(header[40..], position.LogSeq);
+        BinaryPrimitives.WriteUInt32LittleEndian(header[48..], position.Segment);
+        BinaryPrimitives.WriteUInt32LittleEndian(header[52..], position.OffsetBlocks);
+        BinaryPrimitives.WriteUInt32LittleEndian(header[56..], position.NextSegment);
+        BinaryPrimitives.WriteInt64LittleEndian(header[60..], DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        BinaryPrimitives.WriteUInt32LittleEndian(header[36..], Crc32C.Compute(header));
+        file.Position = 0;
+        file.Write(header);
+        file.Flush(flushToDisk: true);
+    }
+
+    public sealed record Header(ulong Seq, CheckpointPosition Position, long BodyBytes, uint BodyCrc);
+
+    /// <summary>Reads and validates a checkpoint header and body CRC; null (with a reason) if invalid or missing.</summary>
+    public static Header? TryReadHeader(string path, ulong poolTag, out string? problem)
+    {
+        problem = null;
+        if (!File.Exists(path)) { problem = "missing"; return null; }
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        if (file.Length < HeaderBytes) { problem = "truncated header"; return null; }
+        Span<byte> header = stackalloc byte[HeaderBytes];
+        file.ReadExactly(header);
+        if (BinaryPrimitives.ReadUInt64LittleEndian(header) != Magic) { problem = "bad magic"; return null; }
+        uint storedCrc = BinaryPrimitives.ReadUInt32LittleEndian(header[36..]);
+        BinaryPrimitives.WriteUInt32LittleEndian(header[36..], 0);
+        if (Crc32C.Compute(header) != storedCrc) { problem = "header checksum mismatch"; return null; }
+        if (BinaryPrimitives.ReadUInt64LittleEndian(header[16..]) != poolTag) { problem = "belongs to another pool"; return null; }
+        long bodyBytes = BinaryPrimitives.ReadInt64LittleEndian(header[24..]);
+        uint bodyCrc = BinaryPrimitives.ReadUInt32LittleEndian(header[32..]);
+        if (bodyBytes < 0 || file.Length < HeaderBytes + bodyBytes) { problem = "truncated body"; return null; }
+        var crcStream = new CrcStream(file);
+        byte[] buffer = new byte[1 << 16];
+        long left = bodyBytes;
+        while (left > 0)
+        {
+            int n = crcStream.Read(buffer, 0, (int)Math.Min(buffer.Length, left));
+            if (n <= 0) { problem = "truncated body"; return null; }
+            left -= n;
+        }
+        if (crcStream.Crc != bodyCrc) { problem = "body checksum mismatch"; return null; }
+        var position = new CheckpointPosition(
+            BinaryPrimitives.ReadUInt64LittleEndian(header[40..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(header[48..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(header[52..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(header[56..]));
+        return new Header(BinaryPrimitives.ReadUInt64LittleEndian(header[8..]), position, bodyBytes, bodyCrc);
+    }
+
+    /// <summary>Loads a validated checkpoint's body into an empty state.</summary>
+    public static SegmentState[] Load(string path, PoolState state)
+    {
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        file.Position = HeaderBytes;
+        using var r = new BinaryReader(new BufferedStream(file, 1 << 20));
+        int segmentCount = r.ReadInt32();
+        if (segmentCount != state.SegmentLive.Length) throw new InvalidDataException($"checkpoint has {segmentCount} segments, pool has {state.SegmentLive.Length}");
+        var segments = new SegmentState[segmentCount];
+        for (int i = 0; i < segmentCount; i++) segments[i] = (SegmentState)r.ReadByte();
+        uint nextVolumeId = r.ReadUInt32();
+        int volumes = r.ReadInt32();
+        var pageBuffer = new uint[VolumeMap.PageEntries];
+        // Chunk refcounts are loaded below; map pages are loaded without touching refcounts.
+        for (int i = 0; i < volumes; i++)
+        {
+            uint id = r.ReadUInt32();
+            var uuid = new Guid(r.ReadBytes(16));
+            long size = r.ReadInt64();
+            int lbs = r.ReadInt32();
+            string name = r.ReadString();
+            var volume = new VolumeState(id, uuid, name, size, lbs);
+            int pages = r.ReadInt32();
+            for (int p = 0; p < pages; p++)
+            {
+                long page = r.ReadInt64();
+                for (int k = 0; k < pageBuffer.Length; k++) pageBuffer[k] = r.ReadUInt32();
+                volume.Map.LoadPage(page, pageBuffer);
+            }
+            state.AddVolume(volume);
+        }
+        state.NextVolumeId = Math.Max(state.NextVolumeId, nextVolumeId);
+        ChunkTable chunks = state.Chunks;
+        uint highWater = r.ReadUInt32();
+        chunks.SetHighWater(highWater);
+        for (uint id = ChunkTable.FirstChunkId; id < highWater; id++)
+        {
+            ref ChunkEntry e = ref chunks[id];
+            e.Location = r.ReadUInt32();
+            e.RefCount = r.ReadUInt32();
+            e.Crc = r.ReadUInt32();
+            e.FpHigh = r.ReadUInt32();
+            if (e.RefCount > 0) state.SegmentLive[state.SegmentOf(e.Location)]++;
+        }
+        chunks.RebuildFreeList();
+        long indexed = r.ReadInt64();
+        state.Index.Reserve(indexed);
+        for (long i = 0; i < indexed; i++)
+        {
+            uint id = r.ReadUInt32();
+            uint tag = r.ReadUInt32();
+            state.Index.Insert(id, ((ulong)chunks[id].FpHigh << 32) | tag);
+        }
+        return segments;
+    }
+
+    /// <summary>A pass-through stream that keeps a running CRC32C of what passes.</summary>
+    private sealed class CrcStream(Stream inner) : Stream
+    {
+        public uint Crc { get; private set; }
+        public override bool CanRead => inner.CanRead;
+        public override bool CanSeek => false;
+        public override bool CanWrite => inner.CanWrite;
+        public override long Length => inner.Length;
+        public override long Position { get => inner.Position; set => throw new NotSupportedException(); }
+        public override void Flush() => inner.Flush();
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            int n = inner.Read(buffer, offset, count);
+            Crc = Crc32C.Append(Crc, buffer.AsSpan(offset, n));
+            return n;
+        }
+        public override void Write(byte[] buffer, int offset, int count)
+        {
+            Crc = Crc32C.Append(Crc, buffer.AsSpan(offset, count));
+            inner.Write(buffer, offset, count);
+        }
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            Crc = Crc32C.Append(Crc, buffer);
+            inner.Write(buffer);
+        }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+    }
+}

@@ -1,0 +1,187 @@
+// The write cache: dirty 4 KiB pages in one aligned native slab, found by (volume id, block).
+// All members are called with the pool lock held. Destage order is first-dirtied first; each
+// time a page (re)enters the destage queue it takes a ticket, so "every page dirtied before
+// ticket T is durable" is a single number (the committed ticket).
+// Invariants: a page is in _byKey iff its state is not Free; a Dirty or InFlightDirty page
+// has exactly one live entry in the queue (matching its ticket).
+using Target.Dedup.Device;
+
+namespace Target.Dedup.Engine;
+
+internal enum PageState : byte
+{
+    Free = 0,
+    /// <summary>Waiting in the destage queue.</summary>
+    Dirty = 1,
+    /// <summary>Copied into a destage batch that is not durable yet.</summary>
+    InFlight = 2,
+    /// <summary>In a batch, and written again since; queued again.</summary>
+    InFlightDirty = 3,
+}
+
+internal sealed unsafe class WriteCache : IDisposable
+{
+    public const int PageBytes = 4096;
+
+    private readonly AlignedBuffer _slab;
+    private readonly long[] _key;
+    private readonly PageState[] _state;
+    private readonly long[] _ticket;
+    private readonly long[] _dirtySinceMs;
+    private readonly int[] _freeStack;
+    private int _freeCount;
+    private readonly Dictionary<long, int> _byKey;
+    private readonly Queue<(int Page, long Ticket)> _queue;
+
+    public WriteCache(int pages)
+    {
+        Pages = pages;
+        _slab = new AlignedBuffer(checked(pages * PageBytes));
+        _key = new long[pages];
+        _state = new PageState[pages];
+        _ticket = new long[pages];
+        _dirtySinceMs = new long[pages];
+        _freeStack = new int[pages];
+        for (int i = 0; i < pages; i++) _freeStack[i] = pages - 1 - i;
+        _freeCount = pages;
+        _byKey = new Dictionary<long, int>(pages);
+        _queue = new Queue<(int, long)>(pages);
+    }
+
+    public int Pages { get; }
+
+    public int UsedPages => Pages - _freeCount;
+
+    /// <summary>Pages waiting in the queue (Dirty or InFlightDirty).</summary>
+    public int QueuedPages { get; private set; }
+
+    public long LastTicket { get; private set; }
+
+    public static long KeyOf(uint volumeId, long block) => ((long)volumeId << 40) | block;
+
+    public static uint VolumeOf(long key) => (uint)(key >> 40);
+
+    public static long BlockOf(long key) => key & ((1L << 40) - 1);
+
+    public Span<byte> Data(int page) => _slab.Slice(page * PageBytes, PageBytes);
+
+    public PageState State(int page) => _state[page];
+
+    public long Key(int page) => _key[page];
+
+    public long Ticket(int page) => _ticket[page];
+
+    public bool TryFind(long key, out int page) => _byKey.TryGetValue(key, out page);
+
+    public bool HasFreePage => _freeCount > 0;
+
+    /// <summary>Takes a free page for a key not in the cache; the caller fills it and calls MarkDirty.</summary>
+    public int Add(long key)
+    {
+        if (_freeCount == 0) throw new InvalidOperationException("write cache full");
+        int page = _freeStack[--_freeCount];
+        _key[page] = key;
+        _state[page] = PageState.InFlight; // not queued yet; MarkDirty queues it
+        _byKey.Add(key, page);
+        return page;
+    }
+
+    /// <summary>Records that the page was written; queues it unless it already waits in the queue.</summary>
+    public void MarkDirty(int page, long nowMs, bool isNew)
+    {
+        PageState s = _state[page];
+        if (!isNew && (s == PageState.Dirty || s == PageState.InFlightDirty)) return;
+        _state[page] = isNew || s == PageState.Dirty ? PageState.Dirty : PageState.InFlightDirty;
+        _ticket[page] = ++LastTicket;
+        _dirtySinceMs[page] = nowMs;
+        _queue.Enqueue((page, LastTicket));
+        QueuedPages++;
+    }
+
+    /// <summary>The oldest queued page, skipping stale entries; false when none.</summary>
+    public bool TryPeek(out int page, out long ticket, out long dirtySinceMs)
+    {
+        while (_queue.TryPeek(out (int Page, long Ticket) head))
+        {
+            PageState s = _state[head.Page];
+            if ((s == PageState.Dirty || s == PageState.InFlightDirty) && _ticket[head.Page] == head.Ticket)
+            {
+                page = head.Page;
+                ticket = head.Ticket;
+                dirtySinceMs = _dirtySinceMs[page];
+                return true;
+            }
+            _queue.Dequeue();
+        }
+        page = -1;
+        ticket = 0;
+        dirtySinceMs = 0;
+        return false;
+    }
+
+    /// <summary>Takes the page returned by TryPeek out of the queue into a batch. InFlightDirty pages are still in a batch: the caller must skip them until it lands.</summary>
+    public void TakeForBatch(int page)
+    {
+        _queue.Dequeue();
+        _state[page] = PageState.InFlight;
+        QueuedPages--;
+    }
+
+    /// <summary>After the batch holding this page is durable: frees it, unless it was written again meanwhile.</summary>
+    public bool Landed(int page, long batchTicket)
+    {
+        if (_state[page] == PageState.InFlightDirty)
+        {
+            _state[page] = PageState.Dirty;
+            return false;
+        }
+        if (_state[page] == PageState.InFlight && _ticket[page] == batchTicket)
+        {
+            Free(page);
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>A batch failed: its pages go back to the queue.</summary>
+    public void Requeue(int page, long nowMs)
+    {
+        if (_state[page] == PageState.InFlight) MarkDirty(page, nowMs, isNew: true);
+        else if (_state[page] == PageState.InFlightDirty) _state[page] = PageState.Dirty;
+    }
+
+    /// <summary>Drops a page (trim, delete, overwrite by copy). The page must not be in a batch in flight.</summary>
+    public void Drop(int page)
+    {
+        if (_state[page] == PageState.Dirty || _state[page] == PageState.InFlightDirty) QueuedPages--;
+        Free(page);
+    }
+
+    private void Free(int page)
+    {
+        _byKey.Remove(_key[page]);
+        _state[page] = PageState.Free;
+        _ticket[page] = 0;
+        _freeStack[_freeCount++] = page;
+    }
+
+    /// <summary>Keys of pages of one volume in [firstBlock, endBlock), for trim/delete.</summary>
+    public void CollectPages(uint volumeId, long firstBlock, long endBlock, List<int> pages)
+    {
+        long span = endBlock - firstBlock;
+        if (span <= _byKey.Count)
+        {
+            for (long b = firstBlock; b < endBlock; b++)
+                if (_byKey.TryGetValue(KeyOf(volumeId, b), out int page)) pages.Add(page);
+            return;
+        }
+        foreach (KeyValuePair<long, int> kv in _byKey)
+        {
+            if (VolumeOf(kv.Key) != volumeId) continue;
+            long b = BlockOf(kv.Key);
+            if (b >= firstBlock && b < endBlock) pages.Add(kv.Value);
+        }
+    }
+
+    public void Dispose() => _slab.Dispose();
+}

@@ -1,0 +1,159 @@
+// The dedup index: fingerprint -> candidate chunk ids. An open-addressing table with linear
+// probing over one native array of 8-byte slots (32-bit fingerprint tag, 32-bit chunk id).
+// The home bucket comes from FpHigh (kept in the chunk table, so deletion needs no
+// fingerprint); capacity is not a power of two (multiply-shift range reduction) and grows by
+// 1.5x at 85% load, so a full table costs 9.4 to 14 bytes per chunk.
+// Invariants: no tombstones (backward-shift deletion); every live chunk is in the table exactly
+// once; a hit is only a candidate — the caller verifies the bytes before sharing.
+using System.Runtime.InteropServices;
+
+namespace Target.Dedup.Index;
+
+public sealed unsafe class DedupIndex : IDisposable
+{
+    private const double MaxLoad = 0.85;
+    private const long InitialCapacity = 1 << 14;
+
+    private readonly ChunkTable _chunks;
+    private ulong* _slots;
+    private long _capacity;
+    private long _count;
+
+    public DedupIndex(ChunkTable chunks, long initialCapacity = InitialCapacity)
+    {
+        _chunks = chunks;
+        _capacity = Math.Max(16, initialCapacity);
+        _slots = (ulong*)NativeMemory.AllocZeroed((nuint)_capacity, sizeof(ulong));
+    }
+
+    public long Count => _count;
+
+    public long Capacity => _capacity;
+
+    public long RamBytes => _capacity * sizeof(ulong);
+
+    public static uint HighOf(ulong fp64) => (uint)(fp64 >> 32);
+
+    public static uint TagOf(ulong fp64) => (uint)fp64;
+
+    /// <summary>Writes up to dest.Length candidate ids whose 64-bit fingerprint prefix equals fp64; returns how many.</summary>
+    public int FindCandidates(ulong fp64, Span<uint> dest)
+    {
+        uint high = HighOf(fp64), tag = TagOf(fp64);
+        long i = Home(high, _capacity);
+        int found = 0;
+        while (true)
+        {
+            ulong slot = _slots[i];
+            if (slot == 0) return found;
+            uint id = (uint)slot;
+            if ((uint)(slot >> 32) == tag && _chunks[id].FpHigh == high)
+            {
+                if (found == dest.Length) return found;
+                dest[found++] = id;
+            }
+            if (++i == _capacity) i = 0;
+        }
+    }
+
+    /// <summary>Inserts a chunk whose chunk-table entry already holds FpHigh.</summary>
+    public void Insert(uint id, ulong fp64)
+    {
+        if (_count + 1 > (long)(_capacity * MaxLoad)) Grow();
+        InsertSlot(((ulong)TagOf(fp64) << 32) | id, HighOf(fp64));
+        _count++;
+    }
+
+    /// <summary>Removes a chunk (before its id is released); returns false when it was not indexed.</summary>
+    public bool Remove(uint id)
+    {
+        long i = Home(_chunks[id].FpHigh, _capacity);
+        while (true)
+        {
+            ulong slot = _slots[i];
+            if (slot == 0) return false;
+            if ((uint)slot == id) break;
+            if (++i == _capacity) i = 0;
+        }
+        // Backward-shift deletion: pull later entries of the cluster into the hole when their home allows.
+        long hole = i;
+        long j = i;
+        while (true)
+        {
+            if (++j == _capacity) j = 0;
+            ulong slot = _slots[j];
+            if (slot == 0) break;
+            long home = Home(_chunks[(uint)slot].FpHigh, _capacity);
+            bool movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
+            if (movable)
+            {
+                _slots[hole] = slot;
+                hole = j;
+            }
+        }
+        _slots[hole] = 0;
+        _count--;
+        return true;
+    }
+
+    /// <summary>Visits every (id, tag) pair; used to write checkpoints.</summary>
+    public void ForEach(Action<uint, uint> visit)
+    {
+        for (long i = 0; i < _capacity; i++)
+        {
+            ulong slot = _slots[i];
+            if (slot != 0) visit((uint)slot, (uint)(slot >> 32));
+        }
+    }
+
+    public void Clear()
+    {
+        NativeMemory.Clear(_slots, (nuint)(_capacity * sizeof(ulong)));
+        _count = 0;
+    }
+
+    /// <summary>Makes room for <paramref name="count"/> entries without growing step by step (recovery).</summary>
+    public void Reserve(long count)
+    {
+        long needed = (long)(count / MaxLoad) + 16;
+        if (needed > _capacity) Rehash(needed);
+    }
+
+    private static long Home(uint high, long capacity) => (long)(((ulong)high * (ulong)capacity) >> 32);
+
+    private void InsertSlot(ulong slotValue, uint high)
+    {
+        long i = Home(high, _capacity);
+        while (_slots[i] != 0)
+        {
+            if (++i == _capacity) i = 0;
+        }
+        _slots[i] = slotValue;
+    }
+
+    private void Grow() => Rehash(_capacity + _capacity / 2);
+
+    private void Rehash(long newCapacity)
+    {
+        if (newCapacity > uint.MaxValue) throw new NoSpaceException("dedup index full");
+        ulong* old = _slots;
+        long oldCapacity = _capacity;
+        _slots = (ulong*)NativeMemory.AllocZeroed((nuint)newCapacity, sizeof(ulong));
+        _capacity = newCapacity;
+        for (long i = 0; i < oldCapacity; i++)
+        {
+            ulong slot = old[i];
+            if (slot != 0) InsertSlot(slot, _chunks[(uint)slot].FpHigh);
+        }
+        NativeMemory.Free(old);
+    }
+
+    public void Dispose()
+    {
+        if (_slots != null)
+        {
+            NativeMemory.Free(_slots);
+            _slots = null;
+        }
+    }
+}

@@ -1,0 +1,346 @@
+// The write cache and the destager. Host writes land in dirty pages (under the short pool
+// lock); the destager takes the oldest pages in batches, fingerprints them outside the lock,
+// drops all-zero pages, shares chunks whose bytes match a verified index candidate, appends
+// the rest to the log, and after the batch is durable maps the blocks and frees the pages.
+// Invariants: the committed ticket only moves forward, and every page queued with a ticket at
+// or below it is durable; a page is mapped only after its batch is durable.
+using Microsoft.Extensions.Logging;
+using Target.Dedup.Device;
+using Target.Dedup.Engine;
+using Target.Dedup.Format;
+using Target.Dedup.Hashing;
+using Target.Dedup.Index;
+
+namespace Target.Dedup;
+
+public sealed partial class Pool
+{
+    private const int MaxCandidates = 4;
+    private const int DestageTickMs = 100;
+
+    private readonly WriteCache _cache;
+    private readonly AlignedBuffer _verifyBuffer;
+    private readonly Signal _destageWake = new();
+    private readonly Signal _pageFreed = new();
+    private readonly List<(long Ticket, TaskCompletionSource Done)> _flushWaiters = new();
+    private readonly CancellationTokenSource _stop = new();
+    private Task? _destager;
+    private long _committedTicket;
+
+    // Per-batch scratch, used only by the destager under the commit mutex.
+    private readonly int[] _batchPage = new int[MaxBatchBlocks];
+    private readonly long[] _batchKey = new long[MaxBatchBlocks];
+    private readonly long[] _batchTicket = new long[MaxBatchBlocks];
+    private readonly Fingerprint[] _batchFp = new Fingerprint[MaxBatchBlocks];
+    private readonly uint[] _batchValue = new uint[MaxBatchBlocks];
+    private readonly int[] _batchNewIndex = new int[MaxBatchBlocks];
+    private readonly uint[] _candidateIds = new uint[MaxBatchBlocks * MaxCandidates];
+    private readonly uint[] _candidateLocations = new uint[MaxBatchBlocks * MaxCandidates];
+    private readonly uint[] _candidateCrcs = new uint[MaxBatchBlocks * MaxCandidates];
+    private readonly int[] _candidateCount = new int[MaxBatchBlocks];
+    private readonly Dictionary<ulong, int> _batchLocal = new(MaxBatchBlocks);
+    private readonly uint[] _newIds = new uint[MaxBatchBlocks];
+
+    private int HighWatermarkPages => _cache.Pages * 3 / 4;
+    private int LowWatermarkPages => _cache.Pages / 4;
+
+    private void StartBackground() => _destager = Task.Run(DestageLoopAsync);
+
+    private async Task StopBackgroundAsync()
+    {
+        _stop.Cancel();
+        _destageWake.Set();
+        if (_destager != null)
+        {
+            try { await _destager.ConfigureAwait(false); } catch (OperationCanceledException) { }
+        }
+        lock (_sync)
+        {
+            foreach ((long _, TaskCompletionSource done) in _flushWaiters)
+                done.TrySetException(new NotOwnerException("pool closed"));
+            _flushWaiters.Clear();
+        }
+    }
+
+    private async Task DestageLoopAsync()
+    {
+        bool draining = false;
+        while (!_stop.IsCancellationRequested)
+        {
+            await _destageWake.WaitAsync(DestageTickMs, _stop.Token).ConfigureAwait(false);
+            while (!_stop.IsCancellationRequested)
+            {
+                bool urgent, aged;
+                lock (_sync)
+                {
+                    if (_cache.QueuedPages >= HighWatermarkPages) draining = true;
+                    if (_cache.QueuedPages <= LowWatermarkPages) draining = false;
+                    urgent = draining || WaitersPendingLocked();
+                    aged = _cache.TryPeek(out _, out _, out long since) && NowMs() - since >= _options.DirtyAgeMaxMs;
+                    if (!urgent && !aged && _cache.QueuedPages == 0) AdvanceCommittedLocked(_cache.LastTicket);
+                }
+                if (!urgent && !aged) break;
+                try
+                {
+                    await DestageBatchAsync(onlyAged: !urgent).ConfigureAwait(false);
+                }
+                catch (Exception e)
+                {
+                    if (e is not NoSpaceException) Fail(e);
+                    _log.LogError("destage failed: {Message}", e.Message);
+                    FailWaiters(e as StorageException ?? new MediaErrorException(e.Message, e));
+                    await Task.Delay(DestageTickMs).ConfigureAwait(false);
+                    break;
+                }
+            }
+        }
+    }
+
+    private bool WaitersPendingLocked()
+    {
+        foreach ((long ticket, TaskCompletionSource _) in _flushWaiters)
+            if (ticket > _committedTicket) return true;
+        return false;
+    }
+
+    private void AdvanceCommittedLocked(long ticket)
+    {
+        if (ticket <= _committedTicket) return;
+        _committedTicket = ticket;
+        for (int i = _flushWaiters.Count - 1; i >= 0; i--)
+        {
+            if (_flushWaiters[i].Ticket <= ticket)
+            {
+                _flushWaiters[i].Done.TrySetResult();
+                _flushWaiters.RemoveAt(i);
+            }
+        }
+        _options.Mirror?.Destaged(ticket);
+    }
+
+    private void FailWaiters(StorageException e)
+    {
+        lock (_sync)
+        {
+            foreach ((long _, TaskCompletionSource done) in _flushWaiters) done.TrySetException(e);
+            _flushWaiters.Clear();
+        }
+    }
+
+    /// <summary>Waits until every page queued up to <paramref name="ticket"/> is durable.</summary>
+    private ValueTask WaitForTicketAsync(long ticket, CancellationToken ct)
+    {
+        TaskCompletionSource done;
+        lock (_sync)
+        {
+            ThrowIfFailed();
+            if (ticket <= _committedTicket) return ValueTask.CompletedTask;
+            done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _flushWaiters.Add((ticket, done));
+        }
+        _destageWake.Set();
+        return new ValueTask(ct.CanBeCanceled ? done.Task.WaitAsync(ct) : done.Task);
+    }
+
+    /// <summary>Makes every write completed before the call durable (FLUSH / SYNCHRONIZE CACHE).</summary>
+    internal ValueTask FlushAllAsync(CancellationToken ct)
+    {
+        long ticket;
+        lock (_sync) ticket = _cache.LastTicket;
+        return WaitForTicketAsync(ticket, ct);
+    }
+
+    private async Task DestageBatchAsync(bool onlyAged)
+    {
+        await _commit.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            DestageBatchLocked(onlyAged);
+        }
+        finally
+        {
+            _commit.Release();
+        }
+    }
+
+    /// <summary>One destage batch. Caller holds the commit mutex (so no other metadata change runs).</summary>
+    private void DestageBatchLocked(bool onlyAged)
+    {
+        ThrowIfFailed();
+        int count = 0;
+        long lastTicket = 0;
+        Span<byte> dataArea = _logBuffer.Slice(MaxHeaderBlocks * ChunkBytes, MaxBatchBlocks * ChunkBytes);
+        long now = NowMs();
+        lock (_sync)
+        {
+            while (count < MaxBatchBlocks && _cache.TryPeek(out int page, out long ticket, out long since))
+            {
+                if (onlyAged && now - since < _options.DirtyAgeMaxMs) break;
+                _cache.TakeForBatch(page);
+                _cache.Data(page).CopyTo(dataArea.Slice(count * ChunkBytes, ChunkBytes));
+                _batchPage[count] = page;
+                _batchKey[count] = _cache.Key(page);
+                _batchTicket[count] = ticket;
+                lastTicket = ticket;
+                count++;
+            }
+            if (count == 0)
+            {
+                if (_cache.QueuedPages == 0) AdvanceCommittedLocked(_cache.LastTicket);
+                return;
+            }
+        }
+
+        // Fingerprints, outside the lock.
+        for (int i = 0; i < count; i++)
+        {
+            ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
+            if (IsAllZero(data)) { _batchValue[i] = ChunkTable.ZeroId; continue; }
+            _batchValue[i] = ChunkTable.HoleId; // undecided
+            _batchFp[i] = _fingerprinter.Compute(data);
+        }
+
+        // Index candidates, under the lock (the index changes only under the commit mutex we hold,
+        // but reads of the chunk table race nothing else either; the lock keeps the rules simple).
+        lock (_sync)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                _candidateCount[i] = 0;
+                if (_batchValue[i] == ChunkTable.ZeroId) continue;
+                Span<uint> ids = _candidateIds.AsSpan(i * MaxCandidates, MaxCandidates);
+                int n = _state.Index.FindCandidates(_batchFp[i].Low, ids);
+                for (int k = 0; k < n; k++)
+                {
+                    ChunkEntry e = _state.Chunks[ids[k]];
+                    _candidateLocations[i * MaxCandidates + k] = e.Location;
+                    _candidateCrcs[i * MaxCandidates + k] = e.Crc;
+                }
+                _candidateCount[i] = n;
+            }
+        }
+
+        // Verify candidates byte for byte (a fingerprint match alone never shares a chunk), then decide.
+        _batchLocal.Clear();
+        int newCount = 0;
+        for (int i = 0; i < count; i++)
+        {
+            _batchNewIndex[i] = -1;
+            if (_batchValue[i] == ChunkTable.ZeroId) continue;
+            ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
+            for (int k = 0; k < _candidateCount[i] && _batchValue[i] == ChunkTable.HoleId; k++)
+            {
+                if (VerifyStoredChunk(_candidateLocations[i * MaxCandidates + k], _candidateCrcs[i * MaxCandidates + k], data))
+                    _batchValue[i] = _candidateIds[i * MaxCandidates + k];
+            }
+            if (_batchValue[i] != ChunkTable.HoleId) continue;
+            if (_batchLocal.TryGetValue(_batchFp[i].Low, out int first) &&
+                data.SequenceEqual(dataArea.Slice(first * ChunkBytes, ChunkBytes)))
+            {
+                _batchNewIndex[i] = _batchNewIndex[first];
+                continue;
+            }
+            _batchNewIndex[i] = newCount++;
+            _batchLocal.TryAdd(_batchFp[i].Low, i);
+        }
+
+        // Records, new chunk ids, and the new chunks' data packed right after the header.
+        Span<byte> records = _logBuffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes);
+        var writer = new RecordWriter(records);
+        uint[] newIds = _newIds;
+        lock (_sync)
+        {
+            for (int n = 0; n < newCount; n++) newIds[n] = _state.Chunks.Allocate();
+        }
+        int packed = 0;
+        for (int i = 0; i < count; i++)
+        {
+            int n = _batchNewIndex[i];
+            if (n < 0) continue;
+            _batchValue[i] = newIds[n];
+            if (n == packed)
+            {
+                ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
+                if (i != packed) data.CopyTo(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
+                writer.NewChunk(newIds[n], packed, Crc32C.Compute(dataArea.Slice(packed * ChunkBytes, ChunkBytes)), _batchFp[i]);
+                packed++;
+            }
+        }
+        for (int i = 0; i < count; i++)
+            writer.Map(WriteCache.VolumeOf(_batchKey[i]), WriteCache.BlockOf(_batchKey[i]), _batchValue[i]);
+
+        try
+        {
+            WriteBatch(writer.Length, packed, metadataOnly: false);
+        }
+        catch
+        {
+            lock (_sync)
+            {
+                for (int n = 0; n < newCount; n++) _state.Chunks.Unallocate(newIds[n]);
+                for (int i = 0; i < count; i++) _cache.Requeue(_batchPage[i], now);
+            }
+            throw;
+        }
+
+        lock (_sync)
+        {
+            bool freed = false;
+            for (int i = 0; i < count; i++)
+            {
+                if (_cache.Landed(_batchPage[i], _batchTicket[i]))
+                {
+                    ReleasePageReservationLocked();
+                    VolumeOfKey(_batchKey[i])?.PageLeftCache();
+                    freed = true;
+                }
+            }
+            AdvanceCommittedLocked(lastTicket);
+            if (freed) _pageFreed.Set();
+        }
+    }
+
+    private Volume? VolumeOfKey(long key) => _volumes.TryGetValue(WriteCache.VolumeOf(key), out Volume? v) ? v : null;
+
+    /// <summary>Reads a stored chunk and compares it with <paramref name="data"/>; a read or CRC failure is a mismatch.</summary>
+    private bool VerifyStoredChunk(uint location, uint crc, ReadOnlySpan<byte> data)
+    {
+        Span<byte> stored = _verifyBuffer.Span;
+        try
+        {
+            _device.Read(Superblock.BlockOffset(location), stored);
+        }
+        catch (IOException e)
+        {
+            _log.LogWarning("dedup verify read at block {Location} failed: {Message}", location, e.Message);
+            return false;
+        }
+        if (Crc32C.Compute(stored) != crc)
+        {
+            _log.LogError("stored chunk at block {Location} fails its CRC; not sharing it", location);
+            return false;
+        }
+        return stored.SequenceEqual(data);
+    }
+
+    internal static bool IsAllZero(ReadOnlySpan<byte> data) => !data.ContainsAnyExcept((byte)0);
+
+    /// <summary>Drops cached pages of a volume range (trim, delete, shrink, copy target). Caller holds the commit mutex.</summary>
+    private void DropCachedPages(uint volumeId, long firstBlock, long endBlock)
+    {
+        var pages = new List<int>();
+        lock (_sync)
+        {
+            _cache.CollectPages(volumeId, firstBlock, endBlock, pages);
+            if (pages.Count == 0) return;
+            Volume? v = _volumes.TryGetValue(volumeId, out Volume? vv) ? vv : null;
+            foreach (int page in pages)
+            {
+                _cache.Drop(page);
+                ReleasePageReservationLocked();
+                v?.PageLeftCache();
+            }
+        }
+        _pageFreed.Set();
+    }
+}

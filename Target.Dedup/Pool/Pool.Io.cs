@@ -1,0 +1,400 @@
+// Host I/O: reads (cache, then map, then chunk table, then an O_DIRECT read checked against
+// the chunk's CRC), writes into the cache (read-modify-write for partial chunks), trim and
+// write-zeroes as journalled map ranges, allocation queries, compare-and-write, and copy by
+// reference. Invariant: a read never returns bytes that fail their CRC; unmapped reads are zeros.
+using Microsoft.Extensions.Logging;
+using Target.Dedup.Device;
+using Target.Dedup.Engine;
+using Target.Dedup.Format;
+using Target.Dedup.Hashing;
+using Target.Dedup.Index;
+
+namespace Target.Dedup;
+
+public sealed partial class Pool
+{
+    [ThreadStatic] private static AlignedBuffer? t_readBuffer;
+
+    private static AlignedBuffer ReadBuffer => t_readBuffer ??= new AlignedBuffer(ChunkBytes);
+
+    internal VolumeStats VolumeStatsOf(Volume volume)
+    {
+        lock (_sync) return volume.StatsLocked();
+    }
+
+    internal void Read(Volume volume, long offset, Span<byte> destination)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            long position = offset + done;
+            long block = position / ChunkBytes;
+            int inChunk = (int)(position % ChunkBytes);
+            int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
+            ReadChunkPart(volume, block, inChunk, destination.Slice(done, n));
+            done += n;
+        }
+    }
+
+    /// <summary>Reads part of one logical block.</summary>
+    private void ReadChunkPart(Volume volume, long block, int inChunk, Span<byte> destination)
+    {
+        uint location, crc;
+        lock (_sync)
+        {
+            if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
+            {
+                _cache.Data(page).Slice(inChunk, destination.Length).CopyTo(destination);
+                return;
+            }
+            uint id = volume.State.Map.Get(block);
+            if (id < ChunkTable.FirstChunkId)
+            {
+                destination.Clear();
+                return;
+            }
+            ChunkEntry e = _state.Chunks[id];
+            location = e.Location;
+            crc = e.Crc;
+        }
+        Span<byte> stored = ReadStored(location, crc);
+        stored.Slice(inChunk, destination.Length).CopyTo(destination);
+    }
+
+    /// <summary>Reads a stored chunk into this thread's aligned buffer and checks its CRC.</summary>
+    private Span<byte> ReadStored(uint location, uint crc)
+    {
+        Span<byte> stored = ReadBuffer.Span;
+        try
+        {
+            _device.Read(Superblock.BlockOffset(location), stored);
+        }
+        catch (IOException e)
+        {
+            _log.LogError("read of chunk at block {Location} failed: {Message}", location, e.Message);
+            throw new MediaErrorException($"device read failed at block {location}: {e.Message}", e);
+        }
+        if (Crc32C.Compute(stored) != crc)
+        {
+            _log.LogError("chunk at block {Location} fails its CRC: the data on the device is corrupt", location);
+            throw new MediaErrorException($"stored data at block {location} is corrupt (CRC mismatch)");
+        }
+        return stored;
+    }
+
+    internal ValueTask WriteAsync(Volume volume, long offset, ReadOnlyMemory<byte> source, WriteFlags flags, CancellationToken ct)
+    {
+        ThrowIfFailed();
+        int done = 0;
+        long lastTicket = 0;
+        while (done < source.Length)
+        {
+            if (!TryPutFast(volume, offset + done, source.Span[done..], ref done, ref lastTicket)) break;
+        }
+        if (done < source.Length) return WriteSlowAsync(volume, offset, source, done, lastTicket, flags, ct);
+        return FinishWrite(volume, offset, source, lastTicket, flags, ct);
+    }
+
+    private ValueTask FinishWrite(Volume volume, long offset, ReadOnlyMemory<byte> source, long lastTicket, WriteFlags flags, CancellationToken ct)
+    {
+        WriteMode mode = _options.WriteMode;
+        if (mode == WriteMode.WriteBack && _options.Mirror is { } mirror) return mirror.MirrorAsync(volume.Uuid, offset, source, ct);
+        if (mode != WriteMode.OneWayWriteBack || (flags & WriteFlags.Fua) != 0 || mode == WriteMode.WriteBack)
+            return WaitForTicketAsync(lastTicket, ct);
+        return ValueTask.CompletedTask;
+    }
+
+    private async ValueTask WriteSlowAsync(Volume volume, long offset, ReadOnlyMemory<byte> source, int done, long lastTicket, WriteFlags flags, CancellationToken ct)
+    {
+        while (done < source.Length)
+        {
+            if (TryPutFast(volume, offset + done, source.Span[done..], ref done, ref lastTicket)) continue;
+            await PutSlowAsync(volume, offset + done, source[done..], ct).ConfigureAwait(false);
+            // PutSlowAsync stored exactly one chunk piece; account for it.
+            long position = offset + done;
+            int n = Math.Min(ChunkBytes - (int)(position % ChunkBytes), source.Length - done);
+            lock (_sync) lastTicket = Math.Max(lastTicket, _cache.LastTicket);
+            done += n;
+        }
+        await FinishWrite(volume, offset, source, lastTicket, flags, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Stores one chunk piece without waiting: into an existing page, or a new page for a whole
+    /// chunk. False when it needs to wait (no free page) or to read old data (partial chunk).
+    /// </summary>
+    private bool TryPutFast(Volume volume, long position, ReadOnlySpan<byte> source, ref int done, ref long lastTicket)
+    {
+        long block = position / ChunkBytes;
+        int inChunk = (int)(position % ChunkBytes);
+        int n = Math.Min(ChunkBytes - inChunk, source.Length);
+        long key = WriteCache.KeyOf(volume.State.Id, block);
+        lock (_sync)
+        {
+            if (_cache.TryFind(key, out int page))
+            {
+                source[..n].CopyTo(_cache.Data(page)[inChunk..]);
+                _cache.MarkDirty(page, NowMs(), isNew: false);
+            }
+            else
+            {
+                if (n != ChunkBytes || !_cache.HasFreePage) return false;
+                if (!TryReserveForPageLocked()) throw new NoSpaceException($"pool {Uuid} is full");
+                page = _cache.Add(key);
+                source[..n].CopyTo(_cache.Data(page));
+                _cache.MarkDirty(page, NowMs(), isNew: true);
+                volume.PageEnteredCache();
+                if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
+            }
+            lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
+        }
+        done += n;
+        return true;
+    }
+
+    /// <summary>The slow path for one chunk piece: waits for a free page, reads the old chunk for a partial write.</summary>
+    private async ValueTask PutSlowAsync(Volume volume, long position, ReadOnlyMemory<byte> source, CancellationToken ct)
+    {
+        long block = position / ChunkBytes;
+        int inChunk = (int)(position % ChunkBytes);
+        int n = Math.Min(ChunkBytes - inChunk, source.Length);
+        long key = WriteCache.KeyOf(volume.State.Id, block);
+        byte[] old = new byte[ChunkBytes];
+        while (true)
+        {
+            ct.ThrowIfCancellationRequested();
+            ThrowIfFailed();
+            bool needPage;
+            uint observed;
+            lock (_sync)
+            {
+                needPage = !_cache.HasFreePage;
+                observed = volume.State.Map.Get(block);
+            }
+            if (needPage)
+            {
+                _destageWake.Set();
+                await _pageFreed.WaitAsync(DestageTickMs, ct).ConfigureAwait(false);
+                continue;
+            }
+            bool partial = n != ChunkBytes;
+            if (partial)
+            {
+                if (observed >= ChunkTable.FirstChunkId) ReadMappedChunk(observed, old);
+                else Array.Clear(old);
+            }
+            lock (_sync)
+            {
+                if (_cache.TryFind(key, out int page))
+                {
+                    source.Span[..n].CopyTo(_cache.Data(page)[inChunk..]);
+                    _cache.MarkDirty(page, NowMs(), isNew: false);
+                    return;
+                }
+                if (!_cache.HasFreePage) continue;
+                if (volume.State.Map.Get(block) != observed) continue;
+                if (!TryReserveForPageLocked()) throw new NoSpaceException($"pool {Uuid} is full");
+                page = _cache.Add(key);
+                Span<byte> data = _cache.Data(page);
+                if (partial) old.CopyTo(data);
+                source.Span[..n].CopyTo(data[inChunk..]);
+                _cache.MarkDirty(page, NowMs(), isNew: true);
+                volume.PageEnteredCache();
+                if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
+                return;
+            }
+        }
+    }
+
+    /// <summary>Reads a mapped chunk's bytes; the chunk may be freed meanwhile, which the caller detects by re-checking the map.</summary>
+    private void ReadMappedChunk(uint id, Span<byte> destination)
+    {
+        uint location, crc;
+        lock (_sync)
+        {
+            if (!_state.Chunks.IsLive(id)) { destination.Clear(); return; }
+            ChunkEntry e = _state.Chunks[id];
+            location = e.Location;
+            crc = e.Crc;
+        }
+        ReadStored(location, crc).CopyTo(destination);
+    }
+
+    /// <summary>Trim (value 0) or write-zeroes (0 or 1) of a byte range: partial chunks are zero-filled through the cache; whole chunks become one journalled map range.</summary>
+    internal async ValueTask SetRangeAsync(Volume volume, long offset, long length, uint value, bool fua, CancellationToken ct)
+    {
+        ThrowIfFailed();
+        if (length == 0) return;
+        long end = offset + length;
+        long firstFull = (offset + ChunkBytes - 1) / ChunkBytes;
+        long endFull = end / ChunkBytes;
+        if (firstFull >= endFull)
+        {
+            await WriteZeroBytesAsync(volume, offset, length, fua, ct).ConfigureAwait(false);
+            return;
+        }
+        if (offset < firstFull * ChunkBytes) await WriteZeroBytesAsync(volume, offset, firstFull * ChunkBytes - offset, fua, ct).ConfigureAwait(false);
+        if (end > endFull * ChunkBytes) await WriteZeroBytesAsync(volume, endFull * ChunkBytes, end - endFull * ChunkBytes, fua, ct).ConfigureAwait(false);
+        await _commit.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            DropCachedPages(volume.State.Id, firstFull, endFull);
+            CommitRecords((ref RecordWriter w) => w.MapRange(volume.State.Id, firstFull, endFull - firstFull, value));
+        }
+        finally
+        {
+            _commit.Release();
+        }
+    }
+
+    private static readonly ReadOnlyMemory<byte> s_zeroChunk = new byte[ChunkBytes];
+
+    private async ValueTask WriteZeroBytesAsync(Volume volume, long offset, long length, bool fua, CancellationToken ct)
+    {
+        while (length > 0)
+        {
+            int n = (int)Math.Min(length, ChunkBytes - offset % ChunkBytes);
+            await WriteAsync(volume, offset, s_zeroChunk[..n], fua ? WriteFlags.Fua : WriteFlags.None, ct).ConfigureAwait(false);
+            offset += n;
+            length -= n;
+        }
+    }
+
+    internal ExtentList GetAllocation(Volume volume, long offset, long length)
+    {
+        var extents = new ExtentList();
+        long end = offset + length;
+        lock (_sync)
+        {
+            long position = offset;
+            var map = volume.State.Map;
+            bool checkCache = volume.CachedPages > 0;
+            while (position < end)
+            {
+                long block = position / ChunkBytes;
+                long next = Math.Min(end, (block + 1) * ChunkBytes);
+                if (!checkCache)
+                {
+                    long allocated = map.NextAllocatedPageStart(block);
+                    if (allocated > block)
+                    {
+                        next = Math.Min(end, allocated * ChunkBytes);
+                        extents.Add(position, next - position, ExtentKind.Hole);
+                        position = next;
+                        continue;
+                    }
+                }
+                ExtentKind kind;
+                if (checkCache && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out _)) kind = ExtentKind.Data;
+                else
+                {
+                    uint id = map.Get(block);
+                    kind = id == ChunkTable.HoleId ? ExtentKind.Hole : id == ChunkTable.ZeroId ? ExtentKind.Zero : ExtentKind.Data;
+                }
+                extents.Add(position, next - position, kind);
+                position = next;
+            }
+        }
+        return extents;
+    }
+
+    private readonly SemaphoreSlim _compareAndWrite = new(1, 1);
+
+    /// <summary>
+    /// Compare and write, atomic against every other writer: the compare and the cache update
+    /// happen under one hold of the pool lock (the current bytes are read under it too).
+    /// </summary>
+    internal async ValueTask<bool> CompareAndWriteAsync(Volume volume, long offset, ReadOnlyMemory<byte> expected, ReadOnlyMemory<byte> source, CancellationToken ct)
+    {
+        ThrowIfFailed();
+        await _compareAndWrite.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            long firstBlock = offset / ChunkBytes;
+            long endBlock = (offset + source.Length + ChunkBytes - 1) / ChunkBytes;
+            int blocks = (int)(endBlock - firstBlock);
+            byte[] current = new byte[source.Length];
+            long lastTicket = 0;
+            while (true)
+            {
+                ct.ThrowIfCancellationRequested();
+                lock (_sync)
+                {
+                    if (_cache.Pages - _cache.UsedPages >= blocks)
+                    {
+                        Read(volume, offset, current);
+                        if (!current.AsSpan().SequenceEqual(expected.Span)) return false;
+                        int done = 0;
+                        while (done < source.Length)
+                        {
+                            if (!TryPutFast(volume, offset + done, source.Span[done..], ref done, ref lastTicket))
+                            {
+                                // A partial chunk not in the cache: its old bytes are in `current`.
+                                long position = offset + done;
+                                long block = position / ChunkBytes;
+                                int inChunk = (int)(position % ChunkBytes);
+                                int n = Math.Min(ChunkBytes - inChunk, source.Length - done);
+                                if (!TryReserveForPageLocked()) throw new NoSpaceException($"pool {Uuid} is full");
+                                int page = _cache.Add(WriteCache.KeyOf(volume.State.Id, block));
+                                Span<byte> data = _cache.Data(page);
+                                Read(volume, block * ChunkBytes, data);
+                                source.Span.Slice(done, n).CopyTo(data[inChunk..]);
+                                _cache.MarkDirty(page, NowMs(), isNew: true);
+                                volume.PageEnteredCache();
+                                lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
+                                done += n;
+                            }
+                        }
+                        break;
+                    }
+                }
+                _destageWake.Set();
+                await _pageFreed.WaitAsync(DestageTickMs, ct).ConfigureAwait(false);
+            }
+            await FinishWrite(volume, offset, source, lastTicket, WriteFlags.None, ct).ConfigureAwait(false);
+            return true;
+        }
+        finally
+        {
+            _compareAndWrite.Release();
+        }
+    }
+
+    /// <summary>Copies by reference: whole chunks share the source's chunk ids (one journal record); unaligned copies move bytes.</summary>
+    internal async ValueTask CopyAsync(Volume source, long sourceOffset, Volume destination, long destinationOffset, long length, CancellationToken ct)
+    {
+        ThrowIfFailed();
+        if (length == 0) return;
+        if (sourceOffset % ChunkBytes != 0 || destinationOffset % ChunkBytes != 0 || length % ChunkBytes != 0)
+        {
+            byte[] buffer = new byte[Math.Min(length, 1L << 20)];
+            for (long done = 0; done < length; done += buffer.Length)
+            {
+                int n = (int)Math.Min(buffer.Length, length - done);
+                Read(source, sourceOffset + done, buffer.AsSpan(0, n));
+                await WriteAsync(destination, destinationOffset + done, buffer.AsMemory(0, n), WriteFlags.None, ct).ConfigureAwait(false);
+            }
+            return;
+        }
+        long sourceBlock = sourceOffset / ChunkBytes, destinationBlock = destinationOffset / ChunkBytes, count = length / ChunkBytes;
+        while (true)
+        {
+            // The source's dirty pages must be in the map before the map is copied.
+            await FlushAllAsync(ct).ConfigureAwait(false);
+            await _commit.WaitAsync(ct).ConfigureAwait(false);
+            try
+            {
+                var pending = new List<int>();
+                lock (_sync) _cache.CollectPages(source.State.Id, sourceBlock, sourceBlock + count, pending);
+                if (pending.Count > 0) continue;
+                DropCachedPages(destination.State.Id, destinationBlock, destinationBlock + count);
+                CommitRecords((ref RecordWriter w) => w.CopyRange(source.State.Id, sourceBlock, destination.State.Id, destinationBlock, count));
+                return;
+            }
+            finally
+            {
+                _commit.Release();
+            }
+        }
+    }
+}

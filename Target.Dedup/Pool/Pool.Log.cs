@@ -1,0 +1,340 @@
+// The log: batches appended at the head of the current segment, each one aligned write and
+// one fdatasync (group commit); segment chaining through each header's nextSegment; recovery
+// (newest valid checkpoint + replay of the tail, stopping at the first torn or stale batch);
+// checkpoints and the segment free list.
+// Invariants: a batch is applied to memory only after it is durable; the head never passes
+// into a segment that is not Free; the log between the newest durable checkpoint's position
+// and the head is never overwritten.
+using Microsoft.Extensions.Logging;
+using Target.Dedup.Device;
+using Target.Dedup.Engine;
+using Target.Dedup.Format;
+
+namespace Target.Dedup;
+
+public sealed partial class Pool
+{
+    /// <summary>Data blocks per destage batch: 1 MiB, one write.</summary>
+    internal const int MaxBatchBlocks = 256;
+    /// <summary>Header sectors a batch may use: 256 new chunks and 256 map records need 3.</summary>
+    internal const int MaxHeaderBlocks = 4;
+    private const int MaxRecordBytes = MaxHeaderBlocks * ChunkBytes - BatchHeader.FixedBytes;
+
+    private readonly SegmentState[] _segments;
+    private readonly Stack<uint> _freeSegments = new();
+    private readonly List<uint> _quarantine = new();
+    private readonly AlignedBuffer _logBuffer;
+    private uint _headSegment;
+    private uint _headOffsetBlocks;
+    private uint _nextSegment = BatchHeader.NoSegment;
+    private ulong _nextSeq = 1;
+    private ulong _checkpointSeq;
+    private long _journalBytesSinceCheckpoint;
+    private long _reservedBlocks;
+    private DateTimeOffset? _lastRecoveryTime;
+    private double _lastRecoveryMs;
+    private volatile Exception? _failure;
+
+    private int BlocksPerSegment => _super.BlocksPerSegment;
+
+    /// <summary>Blocks the log can still take: free segments, the rest of the head segment, the reserved next segment.</summary>
+    private long FreeBlocksLocked()
+    {
+        long blocks = (long)_freeSegments.Count * BlocksPerSegment + (BlocksPerSegment - _headOffsetBlocks);
+        if (_nextSegment != BatchHeader.NoSegment) blocks += BlocksPerSegment;
+        return blocks;
+    }
+
+    /// <summary>Blocks kept back for metadata-only batches (trim, delete) so a full pool can still free space.</summary>
+    private long MetadataReserveBlocks => BlocksPerSegment / 2;
+
+    /// <summary>Space check for a page about to become dirty: 1 data block plus a worst-case header share.</summary>
+    private bool TryReserveForPageLocked()
+    {
+        if (FreeBlocksLocked() - _reservedBlocks - 2 < MetadataReserveBlocks) return false;
+        _reservedBlocks += 2;
+        return true;
+    }
+
+    private void ReleasePageReservationLocked() => _reservedBlocks -= 2;
+
+    private void Recover()
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        Checkpoint.Header? best = null;
+        int bestSlot = -1;
+        foreach (int slot in new[] { 0, 1 })
+        {
+            Checkpoint.Header? h = Checkpoint.TryReadHeader(Checkpoint.PathOf(_options.Directory, slot), _poolTag, out string? problem);
+            if (h == null)
+            {
+                if (problem != "missing") _log.LogWarning("checkpoint-{Slot} ignored: {Problem}", slot, problem);
+                continue;
+            }
+            if (best == null || h.Seq > best.Seq) { best = h; bestSlot = slot; }
+        }
+        CheckpointPosition position;
+        if (best != null)
+        {
+            SegmentState[] loaded = Checkpoint.Load(Checkpoint.PathOf(_options.Directory, bestSlot), _state);
+            Array.Copy(loaded, _segments, loaded.Length);
+            position = best.Position;
+            _checkpointSeq = best.Seq;
+        }
+        else
+        {
+            // A new pool: the log starts at segment 0, segment 1 is next.
+            position = new CheckpointPosition(1, 0, 0, 1);
+            _segments[0] = SegmentState.Used;
+        }
+        _headSegment = position.Segment;
+        _headOffsetBlocks = position.OffsetBlocks;
+        _nextSegment = position.NextSegment;
+        _nextSeq = position.LogSeq;
+        _segments[_headSegment] = SegmentState.Used;
+        if (_nextSegment != BatchHeader.NoSegment) _segments[_nextSegment] = SegmentState.Used;
+
+        int replayed = Replay();
+
+        for (uint s = 0; s < _segments.Length; s++)
+        {
+            if (_segments[s] == SegmentState.Free) _freeSegments.Push(s);
+            else if (_segments[s] == SegmentState.Quarantined) _quarantine.Add(s);
+        }
+        ReverseFreeStack();
+        SyncVolumeObjects();
+        _lastRecoveryMs = ElapsedMs(start);
+        _lastRecoveryTime = DateTimeOffset.UtcNow;
+        _log.LogInformation("pool {Uuid} opened: checkpoint {Checkpoint}, replayed {Batches} journal batches in {Ms:F0} ms; {Volumes} volumes, {Chunks} unique chunks",
+            Uuid, best?.Seq ?? 0, replayed, _lastRecoveryMs, _state.VolumesById.Count, _state.Chunks.LiveCount);
+        // Bound the next replay: everything replayed now goes into a fresh checkpoint.
+        if (replayed > 0 || best == null) WriteCheckpointLocked();
+    }
+
+    private void ReverseFreeStack()
+    {
+        // Lowest segment numbers first, so a new pool fills from the front.
+        uint[] items = _freeSegments.ToArray();
+        _freeSegments.Clear();
+        foreach (uint s in items) _freeSegments.Push(s);
+    }
+
+    /// <summary>Replays batches from the head position; leaves the head after the last valid one.</summary>
+    private int Replay()
+    {
+        int batches = 0;
+        using var header = new AlignedBuffer(MaxHeaderBlocks * ChunkBytes);
+        using var data = new AlignedBuffer(MaxBatchBlocks * ChunkBytes);
+        while (true)
+        {
+            if (TryReadBatch(_headSegment, _headOffsetBlocks, header, data, out BatchHeader.Info info))
+            {
+                ApplyReplayed(header, info, _headSegment, _headOffsetBlocks);
+                _headOffsetBlocks += (uint)(info.HeaderBlocks + info.DataBlocks);
+                _nextSegment = info.NextSegment;
+                if (_nextSegment != BatchHeader.NoSegment) _segments[_nextSegment] = SegmentState.Used;
+                batches++;
+                continue;
+            }
+            // Not at this position: the writer may have moved on to the next segment.
+            if (_nextSegment != BatchHeader.NoSegment && TryReadBatch(_nextSegment, 0, header, data, out info))
+            {
+                _headSegment = _nextSegment;
+                _headOffsetBlocks = 0;
+                _segments[_headSegment] = SegmentState.Used;
+                ApplyReplayed(header, info, _headSegment, 0);
+                _headOffsetBlocks = (uint)(info.HeaderBlocks + info.DataBlocks);
+                _nextSegment = info.NextSegment;
+                if (_nextSegment != BatchHeader.NoSegment) _segments[_nextSegment] = SegmentState.Used;
+                batches++;
+                continue;
+            }
+            return batches;
+        }
+    }
+
+    private void ApplyReplayed(AlignedBuffer header, BatchHeader.Info info, uint segment, uint offsetBlocks)
+    {
+        uint dataStart = segment * (uint)BlocksPerSegment + offsetBlocks + (uint)info.HeaderBlocks;
+        try
+        {
+            _state.ApplyBatch(header.Slice(BatchHeader.FixedBytes, info.RecordBytes), dataStart, replaying: true);
+        }
+        catch (Exception e) when (e is InvalidDataException or InvalidOperationException or OutOfRangeException)
+        {
+            throw new InvalidDataException($"journal batch {info.Seq} at segment {segment}+{offsetBlocks} is valid on disk but cannot be applied: {e.Message}; run `target pool check`", e);
+        }
+        _nextSeq = info.Seq + 1;
+        _journalBytesSinceCheckpoint += (long)info.HeaderBlocks * ChunkBytes;
+    }
+
+    /// <summary>Reads and fully validates the batch at a position (magic, pool, sequence, header and data CRCs).</summary>
+    private bool TryReadBatch(uint segment, uint offsetBlocks, AlignedBuffer header, AlignedBuffer data, out BatchHeader.Info info)
+    {
+        info = default;
+        if (offsetBlocks + 1 > BlocksPerSegment) return false;
+        long offset = Superblock.BlockOffset(segment * (uint)BlocksPerSegment + offsetBlocks);
+        try
+        {
+            _device.Read(offset, header.Slice(0, ChunkBytes));
+        }
+        catch (IOException e)
+        {
+            _log.LogWarning("journal read at segment {Segment}+{Offset} failed ({Message}); treating it as the end of the log", segment, offsetBlocks, e.Message);
+            return false;
+        }
+        if (!BatchHeader.TryReadFixed(header.Slice(0, ChunkBytes), _poolTag, out info)) return false;
+        if (info.Seq != _nextSeq) return false;
+        if (info.HeaderBlocks > MaxHeaderBlocks || info.DataBlocks > MaxBatchBlocks) return false;
+        if (offsetBlocks + info.HeaderBlocks + info.DataBlocks > BlocksPerSegment) return false;
+        try
+        {
+            if (info.HeaderBlocks > 1) _device.Read(offset + ChunkBytes, header.Slice(ChunkBytes, (info.HeaderBlocks - 1) * ChunkBytes));
+            if (!BatchHeader.CrcMatches(header.Slice(0, info.HeaderBlocks * ChunkBytes))) return false;
+            if (info.DataBlocks > 0)
+            {
+                Span<byte> d = data.Slice(0, info.DataBlocks * ChunkBytes);
+                _device.Read(offset + (long)info.HeaderBlocks * ChunkBytes, d);
+                if (Hashing.Crc32C.Compute(d) != info.DataCrc) return false;
+            }
+        }
+        catch (IOException e)
+        {
+            _log.LogWarning("journal read at segment {Segment}+{Offset} failed ({Message}); treating it as the end of the log", segment, offsetBlocks, e.Message);
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>Builds, writes and applies a metadata-only batch. Caller holds the commit mutex.</summary>
+    private void CommitRecords(RecordBuilder build)
+    {
+        ThrowIfFailed();
+        int headerBytes = MaxHeaderBlocks * ChunkBytes;
+        Span<byte> area = _logBuffer.Slice(0, headerBytes);
+        area.Clear();
+        var writer = new RecordWriter(area[BatchHeader.FixedBytes..]);
+        build(ref writer);
+        WriteBatch(writer.Length, 0, metadataOnly: true);
+    }
+
+    internal delegate void RecordBuilder(ref RecordWriter writer);
+
+    /// <summary>
+    /// Writes the batch whose records are at _logBuffer[FixedBytes..] and whose data blocks sit
+    /// at _logBuffer[MaxHeaderBlocks * ChunkBytes..]; fdatasyncs; applies it. Caller holds the commit mutex.
+    /// </summary>
+    private void WriteBatch(int recordBytes, int dataBlocks, bool metadataOnly)
+    {
+        int headerBlocks = BatchHeader.HeaderBlocks(recordBytes);
+        if (headerBlocks > MaxHeaderBlocks) throw new InvalidOperationException("batch header too large");
+        int totalBlocks = headerBlocks + dataBlocks;
+        uint segment, offsetBlocks;
+        lock (_sync)
+        {
+            if (_headOffsetBlocks + totalBlocks > BlocksPerSegment)
+            {
+                if (_nextSegment == BatchHeader.NoSegment)
+                    throw new NoSpaceException("pool full: no free segment for the log");
+                _headSegment = _nextSegment;
+                _headOffsetBlocks = 0;
+                _nextSegment = _freeSegments.Count > 0 ? _freeSegments.Pop() : BatchHeader.NoSegment;
+                if (_nextSegment != BatchHeader.NoSegment) _segments[_nextSegment] = SegmentState.Used;
+            }
+            if (!metadataOnly && FreeBlocksLocked() - totalBlocks < 0) throw new NoSpaceException("pool full");
+            segment = _headSegment;
+            offsetBlocks = _headOffsetBlocks;
+        }
+
+        // The header sits right before the data: move the records so the write is contiguous.
+        int headerStart = (MaxHeaderBlocks - headerBlocks) * ChunkBytes;
+        Span<byte> buffer = _logBuffer.Span;
+        if (headerStart > 0)
+        {
+            buffer.Slice(BatchHeader.FixedBytes, recordBytes).CopyTo(buffer[(headerStart + BatchHeader.FixedBytes)..]);
+            buffer.Slice(headerStart + BatchHeader.FixedBytes + recordBytes, headerBlocks * ChunkBytes - BatchHeader.FixedBytes - recordBytes).Clear();
+        }
+        else
+        {
+            buffer.Slice(BatchHeader.FixedBytes + recordBytes, headerBlocks * ChunkBytes - BatchHeader.FixedBytes - recordBytes).Clear();
+        }
+        Span<byte> header = buffer.Slice(headerStart, headerBlocks * ChunkBytes);
+        Span<byte> dataArea = buffer.Slice(MaxHeaderBlocks * ChunkBytes, dataBlocks * ChunkBytes);
+        uint dataCrc = dataBlocks > 0 ? Hashing.Crc32C.Compute(dataArea) : 0;
+        ulong seq = _nextSeq;
+        BatchHeader.WriteFixed(header, seq, 0, _poolTag, headerBlocks, dataBlocks, recordBytes, _nextSegment, dataCrc);
+        BatchHeader.Seal(header);
+
+        long offset = Superblock.BlockOffset(segment * (uint)BlocksPerSegment + offsetBlocks);
+        try
+        {
+            _device.Write(offset, buffer.Slice(headerStart, totalBlocks * ChunkBytes));
+            _device.Flush();
+        }
+        catch (IOException e)
+        {
+            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
+            throw _failure!;
+        }
+
+        lock (_sync)
+        {
+            _headOffsetBlocks = offsetBlocks + (uint)totalBlocks;
+            _nextSeq = seq + 1;
+            _journalBytesSinceCheckpoint += (long)headerBlocks * ChunkBytes;
+            uint dataStart = segment * (uint)BlocksPerSegment + offsetBlocks + (uint)headerBlocks;
+            // Apply exactly what replay would apply, from the bytes just written.
+            _state.ApplyBatch(header.Slice(BatchHeader.FixedBytes, recordBytes), dataStart, replaying: false);
+            SyncVolumeObjects();
+        }
+        if (_journalBytesSinceCheckpoint >= _options.CheckpointJournalBytes) WriteCheckpointLocked();
+    }
+
+    /// <summary>Writes a checkpoint at the head position. Caller holds the commit mutex (or is recovering).</summary>
+    private void WriteCheckpointLocked()
+    {
+        ThrowIfFailed();
+        ulong seq = _checkpointSeq + 1;
+        int slot = (int)(seq & 1);
+        CheckpointPosition position;
+        SegmentState[] segments;
+        List<uint> nowDead = new();
+        lock (_sync)
+        {
+            position = new CheckpointPosition(_nextSeq, _headSegment, _headOffsetBlocks, _nextSegment);
+            // Segments before the head that hold no live chunk are not needed by this checkpoint:
+            // quarantine them now, and reuse them after the next checkpoint is durable.
+            for (uint s = 0; s < _segments.Length; s++)
+            {
+                if (_segments[s] == SegmentState.Used && s != _headSegment && s != _nextSegment && _state.SegmentLive[s] == 0)
+                    nowDead.Add(s);
+            }
+            segments = (SegmentState[])_segments.Clone();
+            foreach (uint s in nowDead) segments[s] = SegmentState.Quarantined;
+            foreach (uint s in _quarantine) segments[s] = SegmentState.Free;
+        }
+        // Metadata changes only under the commit mutex, which the caller holds, so the state is
+        // still while it is written; reads and cache writes go on meanwhile.
+        Checkpoint.Write(Checkpoint.PathOf(_options.Directory, slot), seq, _poolTag, position, _state, segments);
+        lock (_sync)
+        {
+            _checkpointSeq = seq;
+            _journalBytesSinceCheckpoint = 0;
+            foreach (uint s in _quarantine) { _segments[s] = SegmentState.Free; _freeSegments.Push(s); }
+            _quarantine.Clear();
+            foreach (uint s in nowDead) { _segments[s] = SegmentState.Quarantined; _quarantine.Add(s); }
+        }
+    }
+
+    private void Fail(Exception e)
+    {
+        if (_failure != null) return;
+        _failure = e;
+        _log.LogCritical(e, "pool {Uuid} failed: writes are refused until restart; reads go on", Uuid);
+    }
+
+    private void ThrowIfFailed()
+    {
+        if (_failure is { } f) throw f as StorageException ?? new MediaErrorException(f.Message, f);
+    }
+}

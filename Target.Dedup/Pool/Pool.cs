@@ -1,0 +1,392 @@
+// A pool: back-end device, log, chunk table, dedup index, volume maps and write cache.
+// Invariants kept here: one process opens a pool (flock); metadata changes only through
+// durable journal batches applied by PoolState.ApplyBatch, all under the commit mutex;
+// reads and cache updates take the short pool lock (_sync) only.
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Target.Dedup.Device;
+using Target.Dedup.Engine;
+using Target.Dedup.Format;
+using Target.Dedup.Hashing;
+
+namespace Target.Dedup;
+
+public sealed partial class Pool : IAsyncDisposable
+{
+    public const int ChunkBytes = Superblock.ChunkBytes;
+    public const int DefaultSegmentBytes = 4 << 20;
+    private const string DeviceFileName = "pool-0.dat";
+    private const string DeviceLinkFileName = "device";
+    private const string LockFileName = "lock";
+
+    private readonly object _sync = new();
+    private readonly SemaphoreSlim _commit = new(1, 1);
+    private readonly PoolOptions _options;
+    private readonly ILogger _log;
+    private readonly PoolLock _lock;
+    private readonly IBlockDevice _device;
+    private readonly Superblock _super;
+    private readonly ulong _poolTag;
+    private readonly IFingerprinter _fingerprinter;
+    private readonly PoolState _state;
+    private readonly Dictionary<uint, Volume> _volumes = new();
+    private bool _disposed;
+
+    private Pool(PoolOptions options, ILogger log, PoolLock poolLock, IBlockDevice device, Superblock super)
+    {
+        _options = options;
+        _log = log;
+        _lock = poolLock;
+        _device = device;
+        _super = super;
+        _poolTag = PoolTagOf(super.PoolUuid);
+        _fingerprinter = options.FingerprinterOverride ?? Fingerprinters.Create(super.Fingerprint);
+        _state = new PoolState(super.SegmentCount, super.BlocksPerSegment);
+        _segments = new SegmentState[super.SegmentCount];
+        _cache = new WriteCache((int)Math.Max(64, options.CacheBytes / ChunkBytes));
+        _logBuffer = new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes);
+        _verifyBuffer = new AlignedBuffer(ChunkBytes);
+    }
+
+    public Guid Uuid => _super.PoolUuid;
+
+    public FingerprintAlgorithm FingerprintAlgorithm => _super.Fingerprint;
+
+    public WriteMode WriteMode => _options.WriteMode;
+
+    internal static ulong PoolTagOf(Guid uuid)
+    {
+        Span<byte> b = stackalloc byte[16];
+        uuid.TryWriteBytes(b);
+        return BitConverter.ToUInt64(b) ^ BitConverter.ToUInt64(b[8..]);
+    }
+
+    /// <summary>Opens the pool in options.Directory, creating it first when it is missing and CreateSizeBytes is set. Recovers after a crash.</summary>
+    public static Pool Open(PoolOptions options)
+    {
+        ILogger log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Target.Pool");
+        Directory.CreateDirectory(options.Directory);
+        var poolLock = PoolLock.Acquire(Path.Combine(options.Directory, LockFileName));
+        IBlockDevice? device = null;
+        try
+        {
+            string devicePath = DevicePath(options, out bool exists);
+            Superblock? super = null;
+            if (exists)
+            {
+                device = OpenDevice(options, devicePath, null);
+                super = ReadSuperblock(device, out string? problem);
+                if (super == null && (problem != "no Target pool signature" || HasCheckpoint(options.Directory)))
+                    throw new InvalidDataException($"{devicePath}: {problem}");
+                if (super == null) { device.Dispose(); device = null; }
+            }
+            if (super == null)
+            {
+                if (options.CreateSizeBytes is not long size)
+                    throw new NotFoundException($"no pool in {options.Directory} (give a size to create one)");
+                (device, super) = Create(options, devicePath, size, log);
+            }
+            var pool = new Pool(options, log, poolLock, device!, super);
+            try
+            {
+                pool.Recover();
+                pool.StartBackground();
+                return pool;
+            }
+            catch
+            {
+                pool.DisposeResources();
+                throw;
+            }
+        }
+        catch
+        {
+            device?.Dispose();
+            poolLock.Dispose();
+            throw;
+        }
+    }
+
+    private static bool HasCheckpoint(string directory) =>
+        File.Exists(Checkpoint.PathOf(directory, 0)) || File.Exists(Checkpoint.PathOf(directory, 1));
+
+    private static string DevicePath(PoolOptions options, out bool exists)
+    {
+        string link = Path.Combine(options.Directory, DeviceLinkFileName);
+        if (File.Exists(link))
+        {
+            string path = File.ReadAllText(link).Trim();
+            exists = true;
+            return path;
+        }
+        if (options.DevicePaths is { Count: > 0 } paths)
+        {
+            if (paths.Count > 1) throw new NotSupportedException("one back-end device per pool for now");
+            exists = File.Exists(paths[0]) && new FileInfo(paths[0]).Length > 0 || paths[0].StartsWith("/dev/", StringComparison.Ordinal);
+            return paths[0];
+        }
+        string file = Path.Combine(options.Directory, DeviceFileName);
+        exists = File.Exists(file);
+        return file;
+    }
+
+    private static IBlockDevice OpenDevice(PoolOptions options, string path, long? createSizeBytes)
+    {
+        IBlockDevice device = FileDevice.Open(path, direct: !options.NoDirect, createSizeBytes);
+        return options.DeviceDecorator != null ? options.DeviceDecorator(device) : device;
+    }
+
+    private static Superblock? ReadSuperblock(IBlockDevice device, out string? problem)
+    {
+        using var buffer = new AlignedBuffer(2 * DeviceConstants.SectorBytes);
+        device.Read(0, buffer.Span);
+        Superblock? first = Superblock.TryDecode(buffer.Slice(0, DeviceConstants.SectorBytes), out problem);
+        if (first != null) return first;
+        return Superblock.TryDecode(buffer.Slice(DeviceConstants.SectorBytes, DeviceConstants.SectorBytes), out _) ?? null;
+    }
+
+    private static (IBlockDevice, Superblock) Create(PoolOptions options, string devicePath, long sizeBytes, ILogger log)
+    {
+        int segmentBytes = DefaultSegmentBytes;
+        long usable = sizeBytes - Superblock.DataStartBytes;
+        if (usable < 4L * segmentBytes)
+            throw new ArgumentException($"pool size {sizeBytes} bytes is too small: at least {Superblock.DataStartBytes + 4L * segmentBytes} bytes");
+        uint segments = (uint)(usable / segmentBytes);
+        long deviceBytes = Superblock.DataStartBytes + (long)segments * segmentBytes;
+        bool isBlockDevice = devicePath.StartsWith("/dev/", StringComparison.Ordinal);
+        IBlockDevice device = OpenDevice(options, devicePath, isBlockDevice ? null : deviceBytes);
+        if (device.SizeBytes < deviceBytes) { device.Dispose(); throw new ArgumentException($"{devicePath} holds {device.SizeBytes} bytes, fewer than {deviceBytes}"); }
+        var super = new Superblock
+        {
+            PoolUuid = Guid.NewGuid(),
+            Fingerprint = options.Fingerprint,
+            SegmentBytes = segmentBytes,
+            SegmentCount = segments,
+            CreatedUnixMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+        };
+        using (var buffer = new AlignedBuffer(2 * DeviceConstants.SectorBytes))
+        {
+            super.Encode(buffer.Slice(0, DeviceConstants.SectorBytes));
+            super.Encode(buffer.Slice(DeviceConstants.SectorBytes, DeviceConstants.SectorBytes));
+            // Make stale log data from an earlier pool on this device unreadable as a batch of this one: segment 0 starts empty.
+            using (var empty = new AlignedBuffer(DeviceConstants.SectorBytes)) device.Write(Superblock.DataStartBytes, empty.Span);
+            device.Write(0, buffer.Span);
+            device.Flush();
+        }
+        if (options.DevicePaths is { Count: > 0 }) File.WriteAllText(Path.Combine(options.Directory, DeviceLinkFileName), devicePath + "\n");
+        foreach (int slot in new[] { 0, 1 }) File.Delete(Checkpoint.PathOf(options.Directory, slot));
+        log.LogInformation("created pool {Uuid} in {Directory}: {Segments} segments of {SegmentMiB} MiB, fingerprint {Fingerprint}, O_DIRECT {Direct}",
+            super.PoolUuid, options.Directory, segments, segmentBytes >> 20, super.Fingerprint, !options.NoDirect);
+        return (device, super);
+    }
+
+    /// <summary>A snapshot of the volumes, by name.</summary>
+    public IReadOnlyList<Volume> Volumes
+    {
+        get
+        {
+            lock (_sync) return _volumes.Values.OrderBy(v => v.Name, StringComparer.Ordinal).ToList();
+        }
+    }
+
+    public bool TryGetVolume(string name, out Volume volume)
+    {
+        lock (_sync)
+        {
+            if (_state.VolumesByName.TryGetValue(name, out VolumeState? state) && _volumes.TryGetValue(state.Id, out Volume? v))
+            {
+                volume = v;
+                return true;
+            }
+        }
+        volume = null!;
+        return false;
+    }
+
+    public async ValueTask<Volume> CreateVolumeAsync(string name, long sizeBytes, int logicalBlockSize, CancellationToken ct)
+    {
+        ValidateName(name);
+        if (sizeBytes <= 0 || sizeBytes % ChunkBytes != 0) throw new ArgumentException($"volume size must be a positive multiple of {ChunkBytes} bytes");
+        if (sizeBytes / ChunkBytes >= 1L << 40) throw new ArgumentException("volume too large");
+        if (logicalBlockSize != 512 && logicalBlockSize != 4096) throw new ArgumentException("logical block size must be 512 or 4096");
+        await _commit.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            uint id;
+            lock (_sync)
+            {
+                if (_state.VolumesByName.ContainsKey(name)) throw new AlreadyExistsException($"volume {name} exists");
+                id = _state.NextVolumeId;
+            }
+            Guid uuid = Guid.NewGuid();
+            CommitRecords((ref RecordWriter w) => w.CreateVolume(id, uuid, sizeBytes, logicalBlockSize, name));
+            lock (_sync) return _volumes[id];
+        }
+        finally
+        {
+            _commit.Release();
+        }
+    }
+
+    public async ValueTask DeleteVolumeAsync(string name, CancellationToken ct)
+    {
+        await _commit.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            VolumeState state = FindVolume(name);
+            DropCachedPages(state.Id, 0, state.Map.Blocks);
+            CommitRecords((ref RecordWriter w) => w.DeleteVolume(state.Id));
+        }
+        finally
+        {
+            _commit.Release();
+        }
+    }
+
+    public async ValueTask ResizeVolumeAsync(string name, long newSizeBytes, CancellationToken ct)
+    {
+        if (newSizeBytes <= 0 || newSizeBytes % ChunkBytes != 0) throw new ArgumentException($"volume size must be a positive multiple of {ChunkBytes} bytes");
+        await _commit.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            VolumeState state = FindVolume(name);
+            if (newSizeBytes < state.SizeBytes) DropCachedPages(state.Id, newSizeBytes / ChunkBytes, state.Map.Blocks);
+            CommitRecords((ref RecordWriter w) => w.ResizeVolume(state.Id, newSizeBytes));
+        }
+        finally
+        {
+            _commit.Release();
+        }
+    }
+
+    private VolumeState FindVolume(string name)
+    {
+        lock (_sync)
+            return _state.VolumesByName.TryGetValue(name, out VolumeState? s) ? s : throw new NotFoundException($"no volume {name}");
+    }
+
+    private static void ValidateName(string name)
+    {
+        if (string.IsNullOrEmpty(name) || System.Text.Encoding.UTF8.GetByteCount(name) > BatchHeader.MaxNameBytes)
+            throw new ArgumentException("volume name must be 1 to 255 bytes");
+        foreach (char c in name)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' or ':'))
+                throw new ArgumentException($"volume name '{name}' may hold only letters, digits, '-', '_', '.', ':'");
+        }
+    }
+
+    /// <summary>Keeps the Volume objects in step with the volumes in the state (after apply).</summary>
+    private void SyncVolumeObjects()
+    {
+        foreach (VolumeState s in _state.VolumesById.Values)
+        {
+            if (!_volumes.ContainsKey(s.Id)) _volumes.Add(s.Id, new Volume(this, s));
+        }
+        List<uint>? gone = null;
+        foreach (uint id in _volumes.Keys)
+        {
+            if (!_state.VolumesById.ContainsKey(id)) (gone ??= new()).Add(id);
+        }
+        if (gone != null) foreach (uint id in gone) _volumes.Remove(id);
+    }
+
+    public PoolStats GetStats()
+    {
+        lock (_sync)
+        {
+            long unique = _state.Chunks.LiveCount;
+            long logicalBlocks = 0, zeroBlocks = 0, mapBlocks = 0;
+            var volumes = new List<VolumeStats>();
+            foreach (Volume v in _volumes.Values.OrderBy(v => v.Name, StringComparer.Ordinal))
+            {
+                VolumeStats vs = v.StatsLocked();
+                volumes.Add(vs);
+                logicalBlocks += vs.MappedBytes / ChunkBytes;
+                zeroBlocks += vs.ZeroChunks;
+                mapBlocks += vs.MappedBytes / ChunkBytes + vs.ZeroChunks;
+            }
+            long indexRam = _state.Index.RamBytes, tableRam = _state.Chunks.RamBytes, mapRam = _state.MapRamBytes();
+            return new PoolStats
+            {
+                Uuid = Uuid,
+                Fingerprint = _super.Fingerprint == FingerprintAlgorithm.Sha256 ? "sha256" : "xxh3-128",
+                CapacityBytes = (long)_super.SegmentCount * _super.SegmentBytes,
+                FreeBytes = FreeBlocksLocked() * ChunkBytes,
+                PhysicalBytes = unique * ChunkBytes,
+                LogicalBytes = logicalBlocks * ChunkBytes,
+                UniqueChunks = unique,
+                ZeroChunks = zeroBlocks,
+                DedupRatio = unique == 0 ? 1.0 : (double)logicalBlocks / unique,
+                JournalBytes = _journalBytesSinceCheckpoint,
+                RamBytesIndex = indexRam,
+                RamBytesChunkTable = tableRam,
+                RamBytesMaps = mapRam,
+                RamBytesPerUniqueChunk = unique == 0 ? 0 : (double)(indexRam + tableRam) / unique,
+                RamBytesPerMappedBlock = mapBlocks == 0 ? 0 : (double)mapRam / mapBlocks,
+                LastRecoveryTime = _lastRecoveryTime,
+                LastRecoveryMs = _lastRecoveryMs,
+                SegmentsTotal = _super.SegmentCount,
+                SegmentsFree = _freeSegments.Count,
+                Volumes = volumes,
+            };
+        }
+    }
+
+    /// <summary>Destages everything and writes a checkpoint.</summary>
+    public async ValueTask CheckpointAsync(CancellationToken ct)
+    {
+        await FlushAllAsync(ct).ConfigureAwait(false);
+        await _commit.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            WriteCheckpointLocked();
+        }
+        finally
+        {
+            _commit.Release();
+        }
+    }
+
+    /// <summary>Clean shutdown: destage, checkpoint, close devices.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_disposed) return;
+        try
+        {
+            if (_failure == null) await CheckpointAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            _log.LogError(e, "final checkpoint failed; the next open replays the journal");
+        }
+        await StopBackgroundAsync().ConfigureAwait(false);
+        DisposeResources();
+        _log.LogInformation("pool {Uuid} closed", Uuid);
+    }
+
+    /// <summary>Test seam: stops without destaging or checkpointing, as a crash would (the process lives on).</summary>
+    internal async ValueTask AbandonAsync()
+    {
+        _failure ??= new MediaErrorException("pool abandoned");
+        await StopBackgroundAsync().ConfigureAwait(false);
+        DisposeResources();
+    }
+
+    private void DisposeResources()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _device.Dispose();
+        _lock.Dispose();
+        _state.Dispose();
+        _cache.Dispose();
+        _logBuffer.Dispose();
+        _verifyBuffer.Dispose();
+    }
+
+    private static long NowMs() => Environment.TickCount64;
+
+    private static double ElapsedMs(long startTimestamp) => Stopwatch.GetElapsedTime(startTimestamp).TotalMilliseconds;
+}

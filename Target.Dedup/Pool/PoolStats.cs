@@ -1,0 +1,44 @@
+namespace Target.Dedup;
+
+public sealed record VolumeStats
+{
+    public required string Name { get; init; }
+    public required Guid Uuid { get; init; }
+    public required long SizeBytes { get; init; }
+    public required int LogicalBlockSize { get; init; }
+    public required string WriteMode { get; init; }
+    /// <summary>Logical bytes that map to stored data (not holes, not zero chunks).</summary>
+    public required long MappedBytes { get; init; }
+    /// <summary>Logical 4 KiB blocks written as zeros (no storage behind them).</summary>
+    public required long ZeroChunks { get; init; }
+    public required long DirtyBytes { get; init; }
+    public required long RamBytes { get; init; }
+}
+
+public sealed record PoolStats
+{
+    public required Guid Uuid { get; init; }
+    public required string Fingerprint { get; init; }
+    public required long CapacityBytes { get; init; }
+    public required long FreeBytes { get; init; }
+    /// <summary>Bytes of chunk data stored (unique chunks x chunk size).</summary>
+    public required long PhysicalBytes { get; init; }
+    /// <summary>Logical bytes mapped to data, over all volumes.</summary>
+    public required long LogicalBytes { get; init; }
+    public required long UniqueChunks { get; init; }
+    public required long ZeroChunks { get; init; }
+    /// <summary>LogicalBytes / PhysicalBytes (1.0 when nothing is stored).</summary>
+    public required double DedupRatio { get; init; }
+    /// <summary>Bytes of journal metadata appended since the last checkpoint.</summary>
+    public required long JournalBytes { get; init; }
+    public required long RamBytesIndex { get; init; }
+    public required long RamBytesChunkTable { get; init; }
+    public required long RamBytesMaps { get; init; }
+    public required double RamBytesPerUniqueChunk { get; init; }
+    public required double RamBytesPerMappedBlock { get; init; }
+    public required DateTimeOffset? LastRecoveryTime { get; init; }
+    public required double LastRecoveryMs { get; init; }
+    public required long SegmentsTotal { get; init; }
+    public required long SegmentsFree { get; init; }
+    public required IReadOnlyList<VolumeStats> Volumes { get; init; }
+}
