@@ -11,7 +11,8 @@ using Target.Dedup.Maps;
 
 namespace Target.Dedup.Engine;
 
-internal sealed record CheckpointPosition(ulong LogSeq, uint Segment, uint OffsetBlocks, uint NextSegment);
+/// <summary>Where replay starts: the next batch's sequence number and place, and the headerCrc of the batch before it (the chain link the next batch must carry).</summary>
+internal sealed record CheckpointPosition(ulong LogSeq, uint Segment, uint OffsetBlocks, uint NextSegment, uint PreviousHeaderCrc);
 
 internal enum SegmentState : byte
 {
@@ -86,6 +87,7 @@ internal static class Checkpoint
         BinaryPrimitives.WriteUInt32LittleEndian(header[52..], position.OffsetBlocks);
         BinaryPrimitives.WriteUInt32LittleEndian(header[56..], position.NextSegment);
         BinaryPrimitives.WriteInt64LittleEndian(header[60..], DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        BinaryPrimitives.WriteUInt32LittleEndian(header[68..], position.PreviousHeaderCrc);
         BinaryPrimitives.WriteUInt32LittleEndian(header[36..], Crc32C.Compute(header));
         file.Position = 0;
         file.Write(header);
@@ -125,7 +127,8 @@ internal static class Checkpoint
             BinaryPrimitives.ReadUInt64LittleEndian(header[40..]),
             BinaryPrimitives.ReadUInt32LittleEndian(header[48..]),
             BinaryPrimitives.ReadUInt32LittleEndian(header[52..]),
-            BinaryPrimitives.ReadUInt32LittleEndian(header[56..]));
+            BinaryPrimitives.ReadUInt32LittleEndian(header[56..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(header[68..]));
         return new Header(BinaryPrimitives.ReadUInt64LittleEndian(header[8..]), position, bodyBytes, bodyCrc);
     }
 

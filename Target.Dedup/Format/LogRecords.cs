@@ -1,11 +1,14 @@
 // The journal: a log of batches. A batch is one aligned write: header sectors holding typed
 // records, then the data sectors of the new chunks it introduces.
 //   header: magic u32 | headerCrc u32 | seq u64 | epoch u64 | poolTag u64 | headerBlocks u32 |
-//           dataBlocks u32 | recordBytes u32 | nextSegment u32 | dataCrc u32 | reserved -> 64 bytes
+//           dataBlocks u32 | recordBytes u32 | nextSegment u32 | dataCrc u32 | prevHeaderCrc u32 |
+//           reserved -> 64 bytes
 //   records follow, each: type u8 then a fixed layout per type (names are variable length).
 // headerCrc covers the header sectors (with the field zeroed); dataCrc is the CRC32C of the
-// data sectors. Replay accepts a batch only when magic, pool tag, sequence, both CRCs match,
-// so a torn or stale batch ends the log.
+// data sectors; prevHeaderCrc is the headerCrc of the batch before it in the log (0 for the
+// first), so the batches form a chain. Replay accepts a batch only when magic, pool tag,
+// sequence, both CRCs and the chain link match, so a torn or stale batch ends the log — also a
+// stale batch left beyond the head by an earlier run whose log was cut short (a lost write).
 using System.Buffers.Binary;
 using System.Text;
 using Target.Dedup.Hashing;
@@ -40,7 +43,7 @@ public static class BatchHeader
 
     public static int HeaderBlocks(int recordBytes) => (FixedBytes + recordBytes + Superblock.ChunkBytes - 1) / Superblock.ChunkBytes;
 
-    public static void WriteFixed(Span<byte> header, ulong seq, ulong epoch, ulong poolTag, int headerBlocks, int dataBlocks, int recordBytes, uint nextSegment, uint dataCrc)
+    public static void WriteFixed(Span<byte> header, ulong seq, ulong epoch, ulong poolTag, int headerBlocks, int dataBlocks, int recordBytes, uint nextSegment, uint dataCrc, uint previousHeaderCrc)
     {
         BinaryPrimitives.WriteUInt32LittleEndian(header, Magic);
         BinaryPrimitives.WriteUInt32LittleEndian(header[4..], 0);
@@ -52,7 +55,8 @@ public static class BatchHeader
         BinaryPrimitives.WriteInt32LittleEndian(header[40..], recordBytes);
         BinaryPrimitives.WriteUInt32LittleEndian(header[44..], nextSegment);
         BinaryPrimitives.WriteUInt32LittleEndian(header[48..], dataCrc);
-        header[52..FixedBytes].Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(header[52..], previousHeaderCrc);
+        header[56..FixedBytes].Clear();
     }
 
     /// <summary>Seals the header sectors: computes and stores headerCrc.</summary>
@@ -62,7 +66,7 @@ public static class BatchHeader
         BinaryPrimitives.WriteUInt32LittleEndian(headerSectors[4..], Crc32C.Compute(headerSectors));
     }
 
-    public readonly record struct Info(ulong Seq, ulong Epoch, int HeaderBlocks, int DataBlocks, int RecordBytes, uint NextSegment, uint DataCrc);
+    public readonly record struct Info(ulong Seq, ulong Epoch, int HeaderBlocks, int DataBlocks, int RecordBytes, uint NextSegment, uint DataCrc, uint PreviousHeaderCrc, uint HeaderCrc);
 
     /// <summary>Checks the first sector's fixed fields (not the CRC, which needs all header sectors).</summary>
     public static bool TryReadFixed(ReadOnlySpan<byte> first, ulong poolTag, out Info info)
@@ -79,7 +83,9 @@ public static class BatchHeader
             BinaryPrimitives.ReadUInt64LittleEndian(first[16..]),
             headerBlocks, dataBlocks, recordBytes,
             BinaryPrimitives.ReadUInt32LittleEndian(first[44..]),
-            BinaryPrimitives.ReadUInt32LittleEndian(first[48..]));
+            BinaryPrimitives.ReadUInt32LittleEndian(first[48..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(first[52..]),
+            BinaryPrimitives.ReadUInt32LittleEndian(first[4..]));
         return true;
     }
 

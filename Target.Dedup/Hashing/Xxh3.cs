@@ -11,24 +11,24 @@ namespace Target.Dedup.Hashing;
 
 public static partial class Xxh3
 {
-    internal const ulong Prime32_1 = 0x9E3779B1UL;
-    internal const ulong Prime32_2 = 0x85EBCA77UL;
-    internal const ulong Prime32_3 = 0xC2B2AE3DUL;
-    internal const ulong Prime64_1 = 0x9E3779B185EBCA87UL;
-    internal const ulong Prime64_2 = 0xC2B2AE3D27D4EB4FUL;
-    internal const ulong Prime64_3 = 0x165667B19E3779F9UL;
-    internal const ulong Prime64_4 = 0x85EBCA77C2B2AE63UL;
-    internal const ulong Prime64_5 = 0x27D4EB2F165667C5UL;
+    private const ulong Prime32_1 = 0x9E3779B1UL;
+    private const ulong Prime32_2 = 0x85EBCA77UL;
+    private const ulong Prime32_3 = 0xC2B2AE3DUL;
+    private const ulong Prime64_1 = 0x9E3779B185EBCA87UL;
+    private const ulong Prime64_2 = 0xC2B2AE3D27D4EB4FUL;
+    private const ulong Prime64_3 = 0x165667B19E3779F9UL;
+    private const ulong Prime64_4 = 0x85EBCA77C2B2AE63UL;
+    private const ulong Prime64_5 = 0x27D4EB2F165667C5UL;
 
-    internal const int SecretSizeBytes = 192;
+    private const int SecretSizeBytes = 192;
     // XXH3_SECRET_SIZE_MIN: the mid-size paths index the secret relative to this, not to its real size.
-    internal const int SecretSizeMinBytes = 136;
-    internal const int MidSizeMaxBytes = 240;
+    private const int SecretSizeMinBytes = 136;
+    private const int MidSizeMaxBytes = 240;
     private const int MidSizeStartOffset = 3;
     private const int MidSizeLastOffset = 17;
 
     // XXH3_kSecret, taken from FARSH.
-    internal static ReadOnlySpan<byte> Secret =>
+    private static ReadOnlySpan<byte> Secret =>
     [
         0xb8, 0xfe, 0x6c, 0x39, 0x23, 0xa4, 0x4b, 0xbe, 0x7c, 0x01, 0x81, 0x2c, 0xf7, 0x21, 0xad, 0x1c,
         0xde, 0xd4, 0x6d, 0xe9, 0x83, 0x90, 0x97, 0xdb, 0x72, 0x40, 0xa4, 0xa4, 0xb7, 0xb3, 0x67, 0x1f,
@@ -69,7 +69,7 @@ public static partial class Xxh3
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong ReadLE64(ref byte source, nuint offset)
+    private static ulong ReadLE64(ref byte source, nuint offset)
     {
         ulong value = Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref source, offset));
         return BitConverter.IsLittleEndian ? value : BinaryPrimitives.ReverseEndianness(value);
@@ -83,13 +83,13 @@ public static partial class Xxh3
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong SecretLE64(nuint offset) => ReadLE64(ref MemoryMarshal.GetReference(Secret), offset);
+    private static ulong SecretLE64(nuint offset) => ReadLE64(ref MemoryMarshal.GetReference(Secret), offset);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint SecretLE32(nuint offset) => ReadLE32(ref MemoryMarshal.GetReference(Secret), offset);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong Mul128Fold64(ulong lhs, ulong rhs)
+    private static ulong Mul128Fold64(ulong lhs, ulong rhs)
     {
         ulong high = Math.BigMul(lhs, rhs, out ulong low);
         return low ^ high;
@@ -107,7 +107,7 @@ public static partial class Xxh3
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static ulong Avalanche(ulong h)
+    private static ulong Avalanche(ulong h)
     {
         h ^= h >> 37;
         h *= 0x165667919E3779F9UL;

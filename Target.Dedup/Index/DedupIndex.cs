@@ -56,6 +56,20 @@ public sealed unsafe class DedupIndex : IDisposable
         }
     }
 
+    /// <summary>True when this exact (id, 64-bit prefix) entry is indexed, however many other chunks share the prefix (checker).</summary>
+    public bool Contains(uint id, ulong fp64)
+    {
+        ulong wanted = ((ulong)TagOf(fp64) << 32) | id;
+        long i = Home(HighOf(fp64), _capacity);
+        while (true)
+        {
+            ulong slot = _slots[i];
+            if (slot == 0) return false;
+            if (slot == wanted) return true;
+            if (++i == _capacity) i = 0;
+        }
+    }
+
     /// <summary>Inserts a chunk whose chunk-table entry already holds FpHigh.</summary>
     public void Insert(uint id, ulong fp64)
     {

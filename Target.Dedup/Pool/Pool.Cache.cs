@@ -176,6 +176,17 @@ public sealed partial class Pool
             while (count < MaxBatchBlocks && _cache.TryPeek(out int page, out long ticket, out long since))
             {
                 if (onlyAged && now - since < _options.DirtyAgeMaxMs) break;
+                long pageKey = _cache.Key(page);
+                if (!_state.VolumesById.TryGetValue(WriteCache.VolumeOf(pageKey), out VolumeState? owner) || WriteCache.BlockOf(pageKey) >= owner.Map.Blocks)
+                {
+                    // Written while its volume was being deleted or shrunk, after that swept the cache: nothing
+                    // to store, and a Map record for it could never be applied (at run time or in replay).
+                    _cache.Drop(page);
+                    ReleasePageReservationLocked();
+                    VolumeOfKey(pageKey)?.PageLeftCache();
+                    _pageFreed.Set();
+                    continue;
+                }
                 _cache.TakeForBatch(page);
                 _cache.Data(page).CopyTo(dataArea.Slice(count * ChunkBytes, ChunkBytes));
                 _batchPage[count] = page;
@@ -234,10 +245,10 @@ public sealed partial class Pool
                     _batchValue[i] = _candidateIds[i * MaxCandidates + k];
             }
             if (_batchValue[i] != ChunkTable.HoleId) continue;
-            if (_batchLocal.TryGetValue(_batchFp[i].Low, out int first) &&
-                data.SequenceEqual(dataArea.Slice(first * ChunkBytes, ChunkBytes)))
+            int same = _batchLocal.TryGetValue(_batchFp[i].Low, out int first) ? FindEqualInBatch(first, i, dataArea) : -1;
+            if (same >= 0)
             {
-                _batchNewIndex[i] = _batchNewIndex[first];
+                _batchNewIndex[i] = _batchNewIndex[same];
                 continue;
             }
             _batchNewIndex[i] = newCount++;
@@ -298,6 +309,22 @@ public sealed partial class Pool
             AdvanceCommittedLocked(lastTicket);
             if (freed) _pageFreed.Set();
         }
+    }
+
+    /// <summary>
+    /// A new chunk of this batch, from <paramref name="first"/> (the first with chunk i's 64-bit prefix) on,
+    /// holding chunk i's bytes; -1 if none. Only chunks whose prefixes collide get past the first comparison.
+    /// </summary>
+    private int FindEqualInBatch(int first, int i, Span<byte> dataArea)
+    {
+        ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
+        ulong prefix = _batchFp[i].Low;
+        for (int j = first; j < i; j++)
+        {
+            if (_batchNewIndex[j] < 0 || _batchFp[j].Low != prefix) continue;
+            if (data.SequenceEqual(dataArea.Slice(j * ChunkBytes, ChunkBytes))) return j;
+        }
+        return -1;
     }
 
     private Volume? VolumeOfKey(long key) => _volumes.TryGetValue(WriteCache.VolumeOf(key), out Volume? v) ? v : null;

@@ -314,6 +314,7 @@ public sealed partial class Pool
             long endBlock = (offset + source.Length + ChunkBytes - 1) / ChunkBytes;
             int blocks = (int)(endBlock - firstBlock);
             byte[] current = new byte[source.Length];
+            byte[]? oldChunk = null;
             long lastTicket = 0;
             while (true)
             {
@@ -334,10 +335,14 @@ public sealed partial class Pool
                                 long block = position / ChunkBytes;
                                 int inChunk = (int)(position % ChunkBytes);
                                 int n = Math.Min(ChunkBytes - inChunk, source.Length - done);
+                                // Read the old chunk before the page joins the cache: once it is there, a read of
+                                // this block returns the page's bytes, which are still those of its previous use.
+                                oldChunk ??= new byte[ChunkBytes];
+                                Read(volume, block * ChunkBytes, oldChunk);
                                 if (!TryReserveForPageLocked()) throw new NoSpaceException($"pool {Uuid} is full");
                                 int page = _cache.Add(WriteCache.KeyOf(volume.State.Id, block));
                                 Span<byte> data = _cache.Data(page);
-                                Read(volume, block * ChunkBytes, data);
+                                oldChunk.CopyTo(data);
                                 source.Span.Slice(done, n).CopyTo(data[inChunk..]);
                                 _cache.MarkDirty(page, NowMs(), isNew: true);
                                 volume.PageEnteredCache();

@@ -28,6 +28,8 @@ public sealed partial class Pool
     private uint _headOffsetBlocks;
     private uint _nextSegment = BatchHeader.NoSegment;
     private ulong _nextSeq = 1;
+    /// <summary>headerCrc of the last batch in the log: the chain link the next batch carries (0 before the first).</summary>
+    private uint _lastHeaderCrc;
     private ulong _checkpointSeq;
     private long _journalBytesSinceCheckpoint;
     private long _reservedBlocks;
@@ -84,13 +86,14 @@ public sealed partial class Pool
         else
         {
             // A new pool: the log starts at segment 0, segment 1 is next.
-            position = new CheckpointPosition(1, 0, 0, 1);
+            position = new CheckpointPosition(1, 0, 0, 1, 0);
             _segments[0] = SegmentState.Used;
         }
         _headSegment = position.Segment;
         _headOffsetBlocks = position.OffsetBlocks;
         _nextSegment = position.NextSegment;
         _nextSeq = position.LogSeq;
+        _lastHeaderCrc = position.PreviousHeaderCrc;
         _segments[_headSegment] = SegmentState.Used;
         if (_nextSegment != BatchHeader.NoSegment) _segments[_nextSegment] = SegmentState.Used;
 
@@ -108,7 +111,8 @@ public sealed partial class Pool
         _log.LogInformation("pool {Uuid} opened: checkpoint {Checkpoint}, replayed {Batches} journal batches in {Ms:F0} ms; {Volumes} volumes, {Chunks} unique chunks",
             Uuid, best?.Seq ?? 0, replayed, _lastRecoveryMs, _state.VolumesById.Count, _state.Chunks.LiveCount);
         // Bound the next replay: everything replayed now goes into a fresh checkpoint.
-        if (replayed > 0 || best == null) WriteCheckpointLocked();
+        // Also when the log has no next segment but free ones exist: the checkpoint announces one.
+        if (!_checkOnly && (replayed > 0 || best == null || (_nextSegment == BatchHeader.NoSegment && _freeSegments.Count > 0))) WriteCheckpointLocked();
     }
 
     private void ReverseFreeStack()
@@ -165,6 +169,7 @@ public sealed partial class Pool
             throw new InvalidDataException($"journal batch {info.Seq} at segment {segment}+{offsetBlocks} is valid on disk but cannot be applied: {e.Message}; run `target pool check`", e);
         }
         _nextSeq = info.Seq + 1;
+        _lastHeaderCrc = info.HeaderCrc;
         _journalBytesSinceCheckpoint += (long)info.HeaderBlocks * ChunkBytes;
     }
 
@@ -185,6 +190,9 @@ public sealed partial class Pool
         }
         if (!BatchHeader.TryReadFixed(header.Slice(0, ChunkBytes), _poolTag, out info)) return false;
         if (info.Seq != _nextSeq) return false;
+        // A batch of an earlier run, left beyond a head that recovery moved back (a lost write), can carry
+        // the expected sequence number at the expected place; it never links to the batch before it.
+        if (info.PreviousHeaderCrc != _lastHeaderCrc) return false;
         if (info.HeaderBlocks > MaxHeaderBlocks || info.DataBlocks > MaxBatchBlocks) return false;
         if (offsetBlocks + info.HeaderBlocks + info.DataBlocks > BlocksPerSegment) return false;
         try
@@ -262,8 +270,9 @@ public sealed partial class Pool
         Span<byte> dataArea = buffer.Slice(MaxHeaderBlocks * ChunkBytes, dataBlocks * ChunkBytes);
         uint dataCrc = dataBlocks > 0 ? Hashing.Crc32C.Compute(dataArea) : 0;
         ulong seq = _nextSeq;
-        BatchHeader.WriteFixed(header, seq, 0, _poolTag, headerBlocks, dataBlocks, recordBytes, _nextSegment, dataCrc);
+        BatchHeader.WriteFixed(header, seq, 0, _poolTag, headerBlocks, dataBlocks, recordBytes, _nextSegment, dataCrc, _lastHeaderCrc);
         BatchHeader.Seal(header);
+        uint headerCrc = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
 
         long offset = Superblock.BlockOffset(segment * (uint)BlocksPerSegment + offsetBlocks);
         try
@@ -281,6 +290,7 @@ public sealed partial class Pool
         {
             _headOffsetBlocks = offsetBlocks + (uint)totalBlocks;
             _nextSeq = seq + 1;
+            _lastHeaderCrc = headerCrc;
             _journalBytesSinceCheckpoint += (long)headerBlocks * ChunkBytes;
             uint dataStart = segment * (uint)BlocksPerSegment + offsetBlocks + (uint)headerBlocks;
             // Apply exactly what replay would apply, from the bytes just written.
@@ -299,9 +309,19 @@ public sealed partial class Pool
         CheckpointPosition position;
         SegmentState[] segments;
         List<uint> nowDead = new();
+        uint next;
         lock (_sync)
         {
-            position = new CheckpointPosition(_nextSeq, _headSegment, _headOffsetBlocks, _nextSegment);
+            next = _nextSegment;
+            if (next == BatchHeader.NoSegment)
+            {
+                // The log ran out of segments, so no batch header announces a next one, and the head could
+                // never move on even after space is freed. This checkpoint's position announces one (free,
+                // or freed by this checkpoint); the log moves into it only after the checkpoint is durable.
+                if (_freeSegments.Count > 0) next = _freeSegments.Peek();
+                else if (_quarantine.Count > 0) next = _quarantine[0];
+            }
+            position = new CheckpointPosition(_nextSeq, _headSegment, _headOffsetBlocks, next, _lastHeaderCrc);
             // Segments before the head that hold no live chunk are not needed by this checkpoint:
             // quarantine them now, and reuse them after the next checkpoint is durable.
             for (uint s = 0; s < _segments.Length; s++)
@@ -312,6 +332,7 @@ public sealed partial class Pool
             segments = (SegmentState[])_segments.Clone();
             foreach (uint s in nowDead) segments[s] = SegmentState.Quarantined;
             foreach (uint s in _quarantine) segments[s] = SegmentState.Free;
+            if (next != BatchHeader.NoSegment) segments[next] = SegmentState.Used;
         }
         // Metadata changes only under the commit mutex, which the caller holds, so the state is
         // still while it is written; reads and cache writes go on meanwhile.
@@ -323,6 +344,14 @@ public sealed partial class Pool
             foreach (uint s in _quarantine) { _segments[s] = SegmentState.Free; _freeSegments.Push(s); }
             _quarantine.Clear();
             foreach (uint s in nowDead) { _segments[s] = SegmentState.Quarantined; _quarantine.Add(s); }
+            if (next != _nextSegment)
+            {
+                uint[] free = _freeSegments.Where(s => s != next).Reverse().ToArray();
+                _freeSegments.Clear();
+                foreach (uint s in free) _freeSegments.Push(s);
+                _segments[next] = SegmentState.Used;
+                _nextSegment = next;
+            }
         }
     }
 

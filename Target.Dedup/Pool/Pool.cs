@@ -32,6 +32,7 @@ public sealed partial class Pool : IAsyncDisposable
     private readonly PoolState _state;
     private readonly Dictionary<uint, Volume> _volumes = new();
     private bool _disposed;
+    private bool _checkOnly;
 
     private Pool(PoolOptions options, ILogger log, PoolLock poolLock, IBlockDevice device, Superblock super)
     {
@@ -63,7 +64,10 @@ public sealed partial class Pool : IAsyncDisposable
     }
 
     /// <summary>Opens the pool in options.Directory, creating it first when it is missing and CreateSizeBytes is set. Recovers after a crash.</summary>
-    public static Pool Open(PoolOptions options)
+    public static Pool Open(PoolOptions options) => Open(options, checkOnly: false);
+
+    /// <summary>Opens an existing pool for the offline checker: recovery runs in memory only, nothing is written.</summary>
+    internal static Pool Open(PoolOptions options, bool checkOnly)
     {
         ILogger log = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Target.Pool");
         Directory.CreateDirectory(options.Directory);
@@ -83,15 +87,16 @@ public sealed partial class Pool : IAsyncDisposable
             }
             if (super == null)
             {
+                if (checkOnly) throw new NotFoundException($"no pool in {options.Directory}");
                 if (options.CreateSizeBytes is not long size)
                     throw new NotFoundException($"no pool in {options.Directory} (give a size to create one)");
                 (device, super) = Create(options, devicePath, size, log);
             }
-            var pool = new Pool(options, log, poolLock, device!, super);
+            var pool = new Pool(options, log, poolLock, device!, super) { _checkOnly = checkOnly };
             try
             {
                 pool.Recover();
-                pool.StartBackground();
+                if (!checkOnly) pool.StartBackground();
                 return pool;
             }
             catch
@@ -123,7 +128,7 @@ public sealed partial class Pool : IAsyncDisposable
         if (options.DevicePaths is { Count: > 0 } paths)
         {
             if (paths.Count > 1) throw new NotSupportedException("one back-end device per pool for now");
-            exists = File.Exists(paths[0]) && new FileInfo(paths[0]).Length > 0 || paths[0].StartsWith("/dev/", StringComparison.Ordinal);
+            exists = File.Exists(paths[0]) && (new FileInfo(paths[0]).Length > 0 || paths[0].StartsWith("/dev/", StringComparison.Ordinal));
             return paths[0];
         }
         string file = Path.Combine(options.Directory, DeviceFileName);
@@ -154,7 +159,8 @@ public sealed partial class Pool : IAsyncDisposable
             throw new ArgumentException($"pool size {sizeBytes} bytes is too small: at least {Superblock.DataStartBytes + 4L * segmentBytes} bytes");
         uint segments = (uint)(usable / segmentBytes);
         long deviceBytes = Superblock.DataStartBytes + (long)segments * segmentBytes;
-        bool isBlockDevice = devicePath.StartsWith("/dev/", StringComparison.Ordinal);
+        // A block device exists before the pool; a path under /dev that does not (a file on /dev/shm) is a file to create.
+        bool isBlockDevice = devicePath.StartsWith("/dev/", StringComparison.Ordinal) && File.Exists(devicePath);
         IBlockDevice device = OpenDevice(options, devicePath, isBlockDevice ? null : deviceBytes);
         if (device.SizeBytes < deviceBytes) { device.Dispose(); throw new ArgumentException($"{devicePath} holds {device.SizeBytes} bytes, fewer than {deviceBytes}"); }
         var super = new Superblock
@@ -355,7 +361,7 @@ public sealed partial class Pool : IAsyncDisposable
         if (_disposed) return;
         try
         {
-            if (_failure == null) await CheckpointAsync(CancellationToken.None).ConfigureAwait(false);
+            if (_failure == null && !_checkOnly) await CheckpointAsync(CancellationToken.None).ConfigureAwait(false);
         }
         catch (Exception e)
         {

@@ -1,0 +1,207 @@
+// Dedup, compare-and-write and copy by reference through the public API. Invariants: equal
+// chunks are stored once however and whenever they are written (same batch, later batch,
+// after reopen, other volume); zero chunks are never stored; compare-and-write writes all or
+// nothing and is atomic against concurrent compare-and-writes; a copy by reference shares
+// chunks (no new unique chunk) and is independent of later writes to its source; refcounts
+// stay equal to references (the checker proves it).
+using Target.Dedup;
+using Xunit.Abstractions;
+using static Target.Tests.Engine.EngineTest;
+
+namespace Target.Tests.Engine;
+
+public sealed class PoolDedupTests(ITestOutputHelper output)
+{
+    private static readonly CancellationToken None = CancellationToken.None;
+
+    [Fact]
+    public async Task EqualChunksAreStoredOnce()
+    {
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path);
+        byte[] a = Pattern(1, 1), b = Pattern(2, 1), c = Pattern(3, 1);
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 1 << 20, 512, None);
+            Volume w = await pool.CreateVolumeAsync("w", 1 << 20, 512, None);
+            // Same batch: a at 0, 5, 9; b at 1; zeros at 2 and 3.
+            foreach (long block in new long[] { 0, 5, 9 }) await WriteAsync(v, block * Chunk, a);
+            await WriteAsync(v, 1 * Chunk, b);
+            await WriteAsync(v, 2 * Chunk, new byte[2 * Chunk]);
+            await v.FlushAsync(None);
+            PoolStats s1 = pool.GetStats();
+            Assert.Equal(2, s1.UniqueChunks);
+            Assert.Equal(2, s1.ZeroChunks);
+            Assert.Equal(2L * Chunk, s1.PhysicalBytes);
+            Assert.Equal(4L * Chunk, s1.LogicalBytes);
+            Assert.Equal(2.0, s1.DedupRatio, 6);
+            // Later batch and another volume.
+            await WriteAsync(w, 7 * Chunk, a);
+            await WriteAsync(w, 8 * Chunk, b);
+            await WriteAsync(w, 9 * Chunk, c);
+            await w.FlushAsync(None);
+            Assert.Equal(3, pool.GetStats().UniqueChunks);
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            // After reopen (index rebuilt from the checkpoint).
+            pool.TryGetVolume("v", out Volume v);
+            await WriteAsync(v, 20 * Chunk, c);
+            await WriteAsync(v, 21 * Chunk, a);
+            await v.FlushAsync(None);
+            PoolStats s = pool.GetStats();
+            Assert.Equal(3, s.UniqueChunks);
+            Assert.Equal(9.0 / 3, s.DedupRatio, 6); // 9 data blocks: v 0,1,5,9,20,21; w 7,8,9
+            Assert.Equal(a, await ReadAsync(v, 21 * Chunk, Chunk));
+            Assert.Equal(c, await ReadAsync(v, 20 * Chunk, Chunk));
+            Assert.Equal(new byte[Chunk], await ReadAsync(v, 2 * Chunk, Chunk));
+            // Overwriting every reference of b frees it.
+            await WriteAsync(v, 1 * Chunk, a);
+            pool.TryGetVolume("w", out Volume w);
+            await w.TrimAsync(8 * Chunk, Chunk, None);
+            await v.FlushAsync(None);
+            Assert.Equal(2, pool.GetStats().UniqueChunks);
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
+    public async Task CompareAndWriteWritesAllOrNothing()
+    {
+        using var dir = new TempPoolDir();
+        await using (Pool pool = Pool.Open(Options(dir.Path)))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 1 << 20, 512, None);
+            byte[] old = Pattern(4, 1);
+            await WriteAsync(v, 4 * Chunk, old);
+            await v.FlushAsync(None);
+            byte[] next = Pattern(4, 2);
+            Assert.True(await v.CompareAndWriteAsync(4 * Chunk, old, next, None));
+            Assert.Equal(next, await ReadAsync(v, 4 * Chunk, Chunk));
+            Assert.False(await v.CompareAndWriteAsync(4 * Chunk, old, Pattern(4, 3), None));
+            Assert.Equal(next, await ReadAsync(v, 4 * Chunk, Chunk));
+            // Across a chunk boundary, unaligned, over a hole.
+            byte[] zeros = new byte[6000];
+            byte[] src = Pattern(7, 7, 6000);
+            Assert.True(await v.CompareAndWriteAsync(10 * Chunk - 3000, zeros, src, None));
+            Assert.Equal(src, await ReadAsync(v, 10 * Chunk - 3000, 6000));
+            Assert.Equal(new byte[1096], await ReadAsync(v, 9 * Chunk, 1096));
+            await Assert.ThrowsAsync<ArgumentException>(() => v.CompareAndWriteAsync(0, new byte[512], new byte[1024], None).AsTask());
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
+    public async Task PartialCompareAndWriteOnAnUncachedChunkKeepsTheRestOfTheChunk()
+    {
+        // A 512-byte COMPARE AND WRITE on a chunk that is not in the cache, while other pages of
+        // the same volume are: the rest of the chunk must keep its stored bytes (not the stale
+        // bytes of whichever cache page was taken).
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path);
+        byte[] stored = Pattern(6, 1);
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 1 << 20, 512, None);
+            await WriteAsync(v, 6 * Chunk, stored);
+            await pool.CheckpointAsync(None);
+            // Dirty pages of other contents, so recycled cache pages hold garbage and the volume has cached pages.
+            for (long b = 20; b < 30; b++) await WriteAsync(v, b * Chunk, Pattern(b, 5));
+            await v.FlushAsync(None);
+            await WriteAsync(v, 40 * Chunk, Pattern(40, 5)); // one cached page of this volume
+            byte[] sector = Pattern(77, 1, 512);
+            Assert.True(await v.CompareAndWriteAsync(6 * Chunk + 1024, stored.AsSpan(1024, 512).ToArray(), sector, None));
+            sector.CopyTo(stored, 1024);
+            Assert.Equal(stored, await ReadAsync(v, 6 * Chunk, Chunk));
+            // Over a hole, too.
+            Assert.True(await v.CompareAndWriteAsync(50 * Chunk + 512, new byte[512], sector, None));
+            byte[] expected = new byte[Chunk];
+            sector.CopyTo(expected, 512);
+            Assert.Equal(expected, await ReadAsync(v, 50 * Chunk, Chunk));
+            await v.FlushAsync(None);
+            Assert.Equal(stored, await ReadAsync(v, 6 * Chunk, Chunk));
+            Assert.Equal(expected, await ReadAsync(v, 50 * Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
+    public async Task ConcurrentCompareAndWritesKeepACounterExact()
+    {
+        using var dir = new TempPoolDir();
+        const int tasks = 8, increments = 40;
+        await using (Pool pool = Pool.Open(Options(dir.Path, cachePages: 64)))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 1 << 20, 512, None);
+            long attempts = 0;
+            async Task Worker(int id)
+            {
+                byte[] current = new byte[512];
+                for (int done = 0; done < increments;)
+                {
+                    await v.ReadAsync(512, current, None);
+                    byte[] next = (byte[])current.Clone();
+                    BitConverter.TryWriteBytes(next, BitConverter.ToInt64(current) + 1);
+                    next[8 + id]++;
+                    Interlocked.Increment(ref attempts);
+                    if (await v.CompareAndWriteAsync(512, current, next, None)) done++;
+                }
+            }
+            await Task.WhenAll(Enumerable.Range(0, tasks).Select(i => Task.Run(() => Worker(i))));
+            byte[] final = await ReadAsync(v, 512, 512);
+            output.WriteLine($"{attempts} attempts for {tasks * increments} increments");
+            Assert.Equal(tasks * increments, BitConverter.ToInt64(final));
+            for (int i = 0; i < tasks; i++) Assert.Equal(increments, final[8 + i]);
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
+    public async Task CopyByReferenceSharesChunksAndStaysIndependent()
+    {
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path);
+        const int blocks = 300;
+        byte[] source = new byte[blocks * Chunk];
+        for (int b = 0; b < blocks; b++) (b % 7 == 3 ? new byte[Chunk] : Pattern(b, 1)).CopyTo(source, b * Chunk);
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 2L << 20, 512, None);
+            Volume w = await pool.CreateVolumeAsync("w", 4L << 20, 512, None);
+            await WriteAsync(v, 0, source);
+            await WriteAsync(w, 0, Pattern(1000, 1)); // will be overwritten by the copy below
+            long unique = (await Flushed(pool, v)).UniqueChunks;
+            await v.CopyAsync(0, w, 0, blocks * Chunk, None);
+            Assert.Equal(unique - 1, pool.GetStats().UniqueChunks); // shared; only w's overwritten chunk is gone
+            Assert.Equal(source, await ReadAsync(w, 0, blocks * Chunk));
+            // Overlapping copy inside one volume.
+            await v.CopyAsync(0, v, 100 * Chunk, 150 * Chunk, None);
+            byte[] expectedV = (byte[])source.Clone();
+            Array.Copy(source, 0, expectedV, 100 * Chunk, 150 * Chunk);
+            Assert.Equal(expectedV, await ReadAsync(v, 0, blocks * Chunk));
+            // Later overwrites of the source do not change the copy.
+            await WriteAsync(v, 0, Pattern(0, 2));
+            await v.TrimAsync(Chunk, 10 * Chunk, None);
+            await v.FlushAsync(None);
+            Assert.Equal(source, await ReadAsync(w, 0, blocks * Chunk));
+            // Unaligned copy moves bytes.
+            await v.CopyAsync(100, w, 3 * Chunk + 7, 5000, None);
+            byte[] expectedW = (byte[])source.Clone();
+            Array.Copy(await ReadAsync(v, 100, 5000), 0, expectedW, 3 * Chunk + 7, 5000);
+            Assert.Equal(expectedW, await ReadAsync(w, 0, blocks * Chunk));
+            source = expectedW;
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("w", out Volume w);
+            Assert.Equal(source, await ReadAsync(w, 0, blocks * Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    private static async Task<PoolStats> Flushed(Pool pool, Volume v)
+    {
+        await v.FlushAsync(None);
+        return pool.GetStats();
+    }
+}

@@ -1,0 +1,77 @@
+// CRC-32C against published vectors (the check value, RFC 3720 B.4), Append's chaining
+// rule, and the instruction path against the table path for every length 0..300.
+using System.Runtime.InteropServices;
+using System.Text;
+using Target.Dedup.Hashing;
+
+namespace Target.Tests.Hashing;
+
+public sealed class Crc32CTests
+{
+    private const int AgreementSeed = 0x0C5C_32C0;
+
+    public static TheoryData<string, uint> KnownVectors()
+    {
+        byte[] ascending = Enumerable.Range(0, 32).Select(i => (byte)i).ToArray();
+        byte[] descending = Enumerable.Range(0, 32).Select(i => (byte)(31 - i)).ToArray();
+        return new TheoryData<string, uint>
+        {
+            { "", 0x00000000 },
+            { Convert.ToHexString(Encoding.ASCII.GetBytes("123456789")), 0xE3069283 },
+            { Convert.ToHexString(new byte[32]), 0x8A9136AA },
+            { Convert.ToHexString(Enumerable.Repeat((byte)0xFF, 32).ToArray()), 0x62A8AB43 },
+            { Convert.ToHexString(ascending), 0x46DD794E },
+            { Convert.ToHexString(descending), 0x113FDB5C },
+        };
+    }
+
+    [Theory]
+    [MemberData(nameof(KnownVectors))]
+    public void KnownVectorsMatch(string inputHex, uint expected)
+    {
+        byte[] input = Convert.FromHexString(inputHex);
+
+        Assert.Equal(expected, Crc32C.Compute(input));
+        Assert.Equal(expected, Crc32C.AppendSoftware(0, input));
+        if (Crc32C.IsHardwareAccelerated)
+            Assert.Equal(expected, Crc32C.AppendHardware(0, input));
+    }
+
+    [Fact]
+    public void InstructionPathExistsOnX64()
+    {
+        if (RuntimeInformation.ProcessArchitecture == Architecture.X64)
+            Assert.True(Crc32C.IsHardwareAccelerated, "SSE4.2 CRC32 is expected on every x86-64 machine this runs on");
+    }
+
+    [Fact]
+    public void AppendContinuesAFinishedCrc()
+    {
+        byte[] input = Encoding.ASCII.GetBytes("123456789");
+        for (int split = 0; split <= input.Length; split++)
+        {
+            uint first = Crc32C.Compute(input.AsSpan(0, split));
+            Assert.Equal(0xE3069283u, Crc32C.Append(first, input.AsSpan(split)));
+        }
+    }
+
+    [Fact]
+    public void InstructionAndTablePathsAgreeForEveryLengthUpTo300()
+    {
+        var random = new Random(AgreementSeed);
+        byte[] buffer = new byte[300 + 8];
+        for (int length = 0; length <= 300; length++)
+        {
+            random.NextBytes(buffer);
+            int offset = random.Next(0, 8);
+            uint start = (uint)random.NextInt64(0, 1L << 32);
+            ReadOnlySpan<byte> input = buffer.AsSpan(offset, length);
+
+            uint expected = Crc32C.AppendSoftware(start, input);
+
+            Assert.True(expected == Crc32C.Append(start, input), $"seed {AgreementSeed:x}: Append differs from the table at length {length}");
+            if (Crc32C.IsHardwareAccelerated)
+                Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {AgreementSeed:x}: instruction path differs from the table at length {length}");
+        }
+    }
+}

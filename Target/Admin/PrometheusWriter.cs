@@ -1,0 +1,117 @@
+using System.Globalization;
+using System.Text;
+using Target.Dedup;
+using Target.Metrics;
+
+namespace Target.Admin;
+
+/// <summary>Prometheus text exposition format 0.0.4 of the pool and per-volume metrics.</summary>
+public static class PrometheusWriter
+{
+    public const string ContentType = "text/plain; version=0.0.4; charset=utf-8";
+
+    public static string Write(PoolStats? pool, IReadOnlyList<MeteredVolume> volumes)
+    {
+        var text = new StringBuilder(16 * 1024);
+
+        if (pool is not null)
+        {
+            Gauge(text, "target_pool_capacity_bytes", "Back-end space of the pool.", pool.CapacityBytes);
+            Gauge(text, "target_pool_free_bytes", "Free back-end space.", pool.FreeBytes);
+            Gauge(text, "target_pool_physical_bytes", "Bytes of unique chunk data stored.", pool.PhysicalBytes);
+            Gauge(text, "target_pool_logical_bytes", "Logical bytes mapped to data over all volumes.", pool.LogicalBytes);
+            Gauge(text, "target_pool_unique_chunks", "Unique 4 KiB chunks stored.", pool.UniqueChunks);
+            Gauge(text, "target_pool_zero_chunks", "Logical chunks written as zeros (no storage).", pool.ZeroChunks);
+            Gauge(text, "target_pool_dedup_ratio", "Logical bytes / physical bytes.", pool.DedupRatio);
+            Gauge(text, "target_pool_journal_bytes", "Journal bytes appended since the last checkpoint.", pool.JournalBytes);
+            Header(text, "target_pool_ram_bytes", "RAM used by engine structures.", "gauge");
+            Sample(text, "target_pool_ram_bytes", "part", "index", pool.RamBytesIndex);
+            Sample(text, "target_pool_ram_bytes", "part", "chunk_table", pool.RamBytesChunkTable);
+            Sample(text, "target_pool_ram_bytes", "part", "maps", pool.RamBytesMaps);
+            Gauge(text, "target_pool_ram_bytes_per_unique_chunk", "RAM bytes per unique chunk.", pool.RamBytesPerUniqueChunk);
+            Gauge(text, "target_pool_ram_bytes_per_mapped_block", "RAM bytes per mapped logical block.", pool.RamBytesPerMappedBlock);
+            Gauge(text, "target_pool_segments_total", "Log segments.", pool.SegmentsTotal);
+            Gauge(text, "target_pool_segments_free", "Free log segments.", pool.SegmentsFree);
+            Gauge(text, "target_pool_last_recovery_seconds", "Duration of the last recovery.", pool.LastRecoveryMs / 1000.0);
+
+            Header(text, "target_volume_size_bytes", "Logical size of the volume.", "gauge");
+            foreach (VolumeStats v in pool.Volumes)
+                Sample(text, "target_volume_size_bytes", "volume", v.Name, v.SizeBytes);
+            Header(text, "target_volume_mapped_bytes", "Logical bytes of the volume mapped to data.", "gauge");
+            foreach (VolumeStats v in pool.Volumes)
+                Sample(text, "target_volume_mapped_bytes", "volume", v.Name, v.MappedBytes);
+            Header(text, "target_volume_dirty_bytes", "Bytes of the volume in the write cache, not yet destaged.", "gauge");
+            foreach (VolumeStats v in pool.Volumes)
+                Sample(text, "target_volume_dirty_bytes", "volume", v.Name, v.DirtyBytes);
+        }
+
+        Header(text, "target_volume_ops_total", "Completed requests by op type.", "counter");
+        foreach (MeteredVolume v in volumes)
+            for (int op = 0; op < VolumeOps.Count; op++)
+                Sample2(text, "target_volume_ops_total", v.Name, VolumeOps.Labels[op], v.Metrics[(VolumeOp)op].Ops);
+
+        Header(text, "target_volume_bytes_total", "Bytes moved (or covered, for trim/zero/status/copy) by op type.", "counter");
+        foreach (MeteredVolume v in volumes)
+            for (int op = 0; op < VolumeOps.Count; op++)
+                Sample2(text, "target_volume_bytes_total", v.Name, VolumeOps.Labels[op], v.Metrics[(VolumeOp)op].Bytes);
+
+        Header(text, "target_volume_errors_total", "Failed requests by op type.", "counter");
+        foreach (MeteredVolume v in volumes)
+            for (int op = 0; op < VolumeOps.Count; op++)
+                Sample2(text, "target_volume_errors_total", v.Name, VolumeOps.Labels[op], v.Metrics[(VolumeOp)op].Errors);
+
+        Header(text, "target_volume_latency_seconds", "Request latency by op type.", "histogram");
+        foreach (MeteredVolume v in volumes)
+        {
+            for (int op = 0; op < VolumeOps.Count; op++)
+            {
+                LatencyHistogram histogram = v.Metrics[(VolumeOp)op].Latency;
+                long[] cumulative = histogram.CumulativeCounts();
+                string labels = $"volume=\"{Escape(v.Name)}\",op=\"{VolumeOps.Labels[op]}\"";
+                for (int b = 0; b < cumulative.Length; b++)
+                {
+                    string le = b < LatencyHistogram.BoundsSeconds.Length
+                        ? LatencyHistogram.BoundsSeconds[b].ToString("R", CultureInfo.InvariantCulture)
+                        : "+Inf";
+                    text.Append("target_volume_latency_seconds_bucket{").Append(labels).Append(",le=\"").Append(le).Append("\"} ")
+                        .Append(cumulative[b].ToString(CultureInfo.InvariantCulture)).Append('\n');
+                }
+                text.Append("target_volume_latency_seconds_sum{").Append(labels).Append("} ")
+                    .Append(Number(histogram.SumSeconds)).Append('\n');
+                text.Append("target_volume_latency_seconds_count{").Append(labels).Append("} ")
+                    .Append(cumulative[^1].ToString(CultureInfo.InvariantCulture)).Append('\n');
+            }
+        }
+
+        return text.ToString();
+    }
+
+    private static void Header(StringBuilder text, string name, string help, string type) =>
+        text.Append("# HELP ").Append(name).Append(' ').Append(help).Append('\n')
+            .Append("# TYPE ").Append(name).Append(' ').Append(type).Append('\n');
+
+    private static void Gauge(StringBuilder text, string name, string help, double value)
+    {
+        Header(text, name, help, "gauge");
+        text.Append(name).Append(' ').Append(Number(value)).Append('\n');
+    }
+
+    private static void Sample(StringBuilder text, string name, string label, string labelValue, double value) =>
+        text.Append(name).Append('{').Append(label).Append("=\"").Append(Escape(labelValue)).Append("\"} ")
+            .Append(Number(value)).Append('\n');
+
+    private static void Sample2(StringBuilder text, string name, string volume, string op, long value) =>
+        text.Append(name).Append("{volume=\"").Append(Escape(volume)).Append("\",op=\"").Append(op).Append("\"} ")
+            .Append(value.ToString(CultureInfo.InvariantCulture)).Append('\n');
+
+    internal static string Number(double value) =>
+        double.IsNaN(value) ? "NaN"
+        : double.IsPositiveInfinity(value) ? "+Inf"
+        : double.IsNegativeInfinity(value) ? "-Inf"
+        : value.ToString("R", CultureInfo.InvariantCulture);
+
+    internal static string Escape(string value) =>
+        value.Replace("\\", "\\\\", StringComparison.Ordinal)
+            .Replace("\"", "\\\"", StringComparison.Ordinal)
+            .Replace("\n", "\\n", StringComparison.Ordinal);
+}

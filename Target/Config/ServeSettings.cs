@@ -1,0 +1,96 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+using Target.Cli;
+using Target.Dedup;
+
+namespace Target.Config;
+
+/// <summary>The resolved settings of <c>target serve</c>: command line over config file over defaults.</summary>
+public sealed record ServeSettings
+{
+    public const long DefaultPoolSizeBytes = 4L << 30;
+    public const long DefaultCacheBytes = 256L << 20;
+    public const string DefaultNbd = "127.0.0.1:10809";
+    public const string DefaultAdmin = "127.0.0.1:9810";
+
+    public required string PoolDirectory { get; init; }
+    public long PoolSizeBytes { get; init; } = DefaultPoolSizeBytes;
+    public IReadOnlyList<VolumeSpec> Volumes { get; init; } = [];
+
+    /// <summary>Null: no NBD TCP listener.</summary>
+    public IPEndPoint? Nbd { get; init; }
+    public string? NbdSocket { get; init; }
+
+    /// <summary>Null: no admin HTTP listener.</summary>
+    public IPEndPoint? Admin { get; init; }
+    public bool NoDirect { get; init; }
+    public WriteMode WriteMode { get; init; } = WriteMode.OneWayWriteBack;
+    public long CacheBytes { get; init; } = DefaultCacheBytes;
+    public LogLevel LogLevel { get; init; } = LogLevel.Information;
+
+    /// <summary>Merges the command line with the config file it names (if any). Throws FormatException on bad input.</summary>
+    public static ServeSettings Resolve(ServeVerb cli)
+    {
+        ServeConfigFile file = cli.Config is null ? new ServeConfigFile() : ServeConfigFile.Load(cli.Config);
+        return Resolve(cli, file);
+    }
+
+    public static ServeSettings Resolve(ServeVerb cli, ServeConfigFile file)
+    {
+        string pool = cli.Pool ?? file.Pool
+            ?? throw new FormatException("no pool directory: give --pool DIR or \"pool\" in the config file");
+
+        long poolSizeBytes = cli.PoolSize is not null ? SizeParser.Parse(cli.PoolSize) : file.PoolSize ?? DefaultPoolSizeBytes;
+        if (poolSizeBytes <= 0)
+            throw new FormatException("pool size must be positive");
+
+        // Config volumes first, command-line ones replace those of the same name.
+        var volumes = new List<VolumeSpec>(file.Volumes ?? []);
+        foreach (string text in cli.Volumes)
+        {
+            VolumeSpec spec = VolumeSpec.Parse(text);
+            volumes.RemoveAll(v => v.Name == spec.Name);
+            volumes.Add(spec);
+        }
+        var duplicate = volumes.GroupBy(v => v.Name).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null)
+            throw new FormatException($"volume '{duplicate.Key}' is named twice");
+
+        string writeModeText = cli.WriteMode ?? file.WriteMode ?? WriteModes.ToText(WriteMode.OneWayWriteBack);
+        if (!WriteModes.TryParse(writeModeText, out WriteMode writeMode))
+            throw new FormatException($"bad write mode '{writeModeText}' (wt or 1way-wb)");
+        if (writeMode == WriteMode.WriteBack)
+            throw new FormatException("write mode 'wb' needs a partner controller; a single controller uses wt or 1way-wb");
+
+        long cacheBytes = cli.Cache is not null ? SizeParser.Parse(cli.Cache) : file.Cache ?? DefaultCacheBytes;
+        if (cacheBytes <= 0)
+            throw new FormatException("cache size must be positive");
+
+        string logLevelText = cli.LogLevel ?? file.LogLevel ?? nameof(LogLevel.Information);
+        if (!Enum.TryParse(logLevelText, ignoreCase: true, out LogLevel logLevel) || !Enum.IsDefined(logLevel))
+            throw new FormatException($"bad log level '{logLevelText}'");
+
+        return new ServeSettings
+        {
+            PoolDirectory = Path.GetFullPath(pool),
+            PoolSizeBytes = poolSizeBytes,
+            Volumes = volumes,
+            Nbd = ParseListener(cli.Nbd ?? file.Nbd ?? DefaultNbd, "nbd"),
+            NbdSocket = cli.NbdSocket ?? file.NbdSocket,
+            Admin = ParseListener(cli.Admin ?? file.Admin ?? DefaultAdmin, "admin"),
+            NoDirect = cli.NoDirect || (file.NoDirect ?? false),
+            WriteMode = writeMode,
+            CacheBytes = cacheBytes,
+            LogLevel = logLevel,
+        };
+    }
+
+    private static IPEndPoint? ParseListener(string text, string what)
+    {
+        if (EndpointParser.IsOff(text))
+            return null;
+        if (!EndpointParser.TryParse(text, out IPEndPoint? endPoint, out string? error))
+            throw new FormatException($"--{what}: {error}");
+        return endPoint;
+    }
+}
