@@ -86,6 +86,9 @@ internal sealed class PoolState : IDisposable
             {
                 case RecordType.NewChunk:
                     break;
+                case RecordType.MoveChunk:
+                    MoveChunk(r.ChunkId, dataStartBlock + (uint)r.DataIndex);
+                    break;
                 case RecordType.Map:
                     DropRef(Volume(r.VolumeId).Map.Set(r.Block, r.ChunkId));
                     break;
@@ -140,6 +143,16 @@ internal sealed class PoolState : IDisposable
             SegmentLive[SegmentOf(e.Location)]--;
             Chunks.Release(id);
         }
+    }
+
+    /// <summary>The cleaner copied a live chunk to the log head: only its location changes (maps and index keep the id).</summary>
+    private void MoveChunk(uint id, uint location)
+    {
+        ref ChunkEntry e = ref Chunks[id];
+        if (e.RefCount == 0) throw new InvalidDataException($"move of chunk {id}, which is not live");
+        SegmentLive[SegmentOf(e.Location)]--;
+        e.Location = location;
+        SegmentLive[SegmentOf(location)]++;
     }
 
     private void SetRange(VolumeMap map, long block, long count, uint value)

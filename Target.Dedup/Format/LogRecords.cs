@@ -24,6 +24,8 @@ public enum RecordType : byte
     DeleteVolume = 5,
     ResizeVolume = 6,
     CopyRange = 7,
+    /// <summary>The cleaner moved a live chunk: its bytes are in this batch's data at DataIndex.</summary>
+    MoveChunk = 8,
 }
 
 public static class BatchHeader
@@ -34,6 +36,7 @@ public static class BatchHeader
 
     public const int NewChunkBytes = 1 + 4 + 4 + 4 + Fingerprint.SizeBytes; // id, data index, crc, fp
     public const int MapBytes = 1 + 4 + 8 + 4;
+    public const int MoveChunkBytes = 1 + 4 + 4;
     public const int MapRangeBytes = 1 + 4 + 8 + 8 + 4;
     public const int CopyRangeBytes = 1 + 4 + 8 + 4 + 8 + 8;
     public const int DeleteVolumeBytes = 1 + 4;
@@ -125,6 +128,14 @@ public ref struct RecordWriter
         BinaryPrimitives.WriteInt32LittleEndian(s[5..], dataIndex);
         BinaryPrimitives.WriteUInt32LittleEndian(s[9..], crc);
         fp.WriteTo(s[13..]);
+    }
+
+    public void MoveChunk(uint id, int dataIndex)
+    {
+        Span<byte> s = Take(BatchHeader.MoveChunkBytes);
+        s[0] = (byte)RecordType.MoveChunk;
+        BinaryPrimitives.WriteUInt32LittleEndian(s[1..], id);
+        BinaryPrimitives.WriteInt32LittleEndian(s[5..], dataIndex);
     }
 
     public void Map(uint volumeId, long block, uint chunkId)
@@ -242,6 +253,11 @@ public ref struct RecordReader
                 r.DataIndex = BinaryPrimitives.ReadInt32LittleEndian(s[5..]);
                 r.Crc = BinaryPrimitives.ReadUInt32LittleEndian(s[9..]);
                 r.Fingerprint = Fingerprint.ReadFrom(s[13..]);
+                break;
+            case RecordType.MoveChunk:
+                length = Need(s, BatchHeader.MoveChunkBytes);
+                r.ChunkId = BinaryPrimitives.ReadUInt32LittleEndian(s[1..]);
+                r.DataIndex = BinaryPrimitives.ReadInt32LittleEndian(s[5..]);
                 break;
             case RecordType.Map:
                 length = Need(s, BatchHeader.MapBytes);

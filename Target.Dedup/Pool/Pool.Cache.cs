@@ -44,7 +44,11 @@ public sealed partial class Pool
     private int HighWatermarkPages => _cache.Pages * 3 / 4;
     private int LowWatermarkPages => _cache.Pages / 4;
 
-    private void StartBackground() => _destager = Task.Run(DestageLoopAsync);
+    private void StartBackground()
+    {
+        _destager = Task.Run(DestageLoopAsync);
+        StartCleaner();
+    }
 
     private async Task StopBackgroundAsync()
     {
@@ -54,6 +58,7 @@ public sealed partial class Pool
         {
             try { await _destager.ConfigureAwait(false); } catch (OperationCanceledException) { }
         }
+        await StopCleanerAsync().ConfigureAwait(false);
         lock (_sync)
         {
             foreach ((long _, TaskCompletionSource done) in _flushWaiters)
@@ -307,7 +312,7 @@ public sealed partial class Pool
                 }
             }
             AdvanceCommittedLocked(lastTicket);
-            if (freed) _pageFreed.Set();
+            if (freed) { _pageFreed.Set(); _spaceFreed.Set(); }
         }
     }
 
@@ -369,5 +374,6 @@ public sealed partial class Pool
             }
         }
         _pageFreed.Set();
+        _spaceFreed.Set();
     }
 }

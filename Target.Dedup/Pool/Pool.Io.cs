@@ -85,6 +85,8 @@ public sealed partial class Pool
     internal ValueTask WriteAsync(Volume volume, long offset, ReadOnlyMemory<byte> source, WriteFlags flags, CancellationToken ct)
     {
         ThrowIfFailed();
+        Interlocked.Add(ref _hostBytesWritten, source.Length);
+        Volatile.Write(ref _lastHostWriteMs, NowMs());
         int done = 0;
         long lastTicket = 0;
         while (done < source.Length)
@@ -139,7 +141,7 @@ public sealed partial class Pool
             else
             {
                 if (n != ChunkBytes || !_cache.HasFreePage) return false;
-                if (!TryReserveForPageLocked()) throw new NoSpaceException($"pool {Uuid} is full");
+                if (!TryReserveForPageLocked()) return false;
                 page = _cache.Add(key);
                 source[..n].CopyTo(_cache.Data(page));
                 _cache.MarkDirty(page, NowMs(), isNew: true);
@@ -160,6 +162,7 @@ public sealed partial class Pool
         int n = Math.Min(ChunkBytes - inChunk, source.Length);
         long key = WriteCache.KeyOf(volume.State.Id, block);
         byte[] old = new byte[ChunkBytes];
+        long spaceDeadline = 0;
         while (true)
         {
             ct.ThrowIfCancellationRequested();
@@ -193,16 +196,25 @@ public sealed partial class Pool
                 }
                 if (!_cache.HasFreePage) continue;
                 if (volume.State.Map.Get(block) != observed) continue;
-                if (!TryReserveForPageLocked()) throw new NoSpaceException($"pool {Uuid} is full");
-                page = _cache.Add(key);
-                Span<byte> data = _cache.Data(page);
-                if (partial) old.CopyTo(data);
-                source.Span[..n].CopyTo(data[inChunk..]);
-                _cache.MarkDirty(page, NowMs(), isNew: true);
-                volume.PageEnteredCache();
-                if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
-                return;
+                if (TryReserveForPageLocked())
+                {
+                    page = _cache.Add(key);
+                    Span<byte> data = _cache.Data(page);
+                    if (partial) old.CopyTo(data);
+                    source.Span[..n].CopyTo(data[inChunk..]);
+                    _cache.MarkDirty(page, NowMs(), isNew: true);
+                    volume.PageEnteredCache();
+                    if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
+                    return;
+                }
+                // No space: wait while the cleaner (or destage of dedupable pages) can give some back.
+                if (!SpaceReclaimableLocked()) throw new NoSpaceException($"pool {Uuid} is full");
+                if (spaceDeadline == 0) spaceDeadline = NowMs() + SpaceWaitMaxMs;
+                else if (NowMs() > spaceDeadline) throw new NoSpaceException($"pool {Uuid} is full (the cleaner freed no space in {SpaceWaitMaxMs / 1000} s)");
             }
+            _cleanerWake.Set();
+            _destageWake.Set();
+            await _spaceFreed.WaitAsync(CleanerTickMs, ct).ConfigureAwait(false);
         }
     }
 
@@ -245,6 +257,7 @@ public sealed partial class Pool
         {
             _commit.Release();
         }
+        _cleanerWake.Set();
     }
 
     private static readonly ReadOnlyMemory<byte> s_zeroChunk = new byte[ChunkBytes];

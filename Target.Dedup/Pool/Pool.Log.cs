@@ -244,8 +244,10 @@ public sealed partial class Pool
             {
                 if (_nextSegment == BatchHeader.NoSegment)
                     throw new NoSpaceException("pool full: no free segment for the log");
+                SegmentSealed(_headSegment);
                 _headSegment = _nextSegment;
                 _headOffsetBlocks = 0;
+                if (_freeSegments.Count < FreeSegmentsTarget) _cleanerWake.Set();
                 _nextSegment = _freeSegments.Count > 0 ? _freeSegments.Pop() : BatchHeader.NoSegment;
                 if (_nextSegment != BatchHeader.NoSegment) _segments[_nextSegment] = SegmentState.Used;
             }
@@ -292,6 +294,7 @@ public sealed partial class Pool
             _nextSeq = seq + 1;
             _lastHeaderCrc = headerCrc;
             _journalBytesSinceCheckpoint += (long)headerBlocks * ChunkBytes;
+            _deviceBytesWritten += (long)totalBlocks * ChunkBytes;
             uint dataStart = segment * (uint)BlocksPerSegment + offsetBlocks + (uint)headerBlocks;
             // Apply exactly what replay would apply, from the bytes just written.
             _state.ApplyBatch(header.Slice(BatchHeader.FixedBytes, recordBytes), dataStart, replaying: false);

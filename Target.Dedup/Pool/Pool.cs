@@ -313,6 +313,15 @@ public sealed partial class Pool : IAsyncDisposable
                 zeroBlocks += vs.ZeroChunks;
                 mapBlocks += vs.MappedBytes / ChunkBytes + vs.ZeroChunks;
             }
+            long usedSegments = 0, deadBlocks = 0;
+            for (uint s = 0; s < _segments.Length; s++)
+            {
+                if (_segments[s] != SegmentState.Used) continue;
+                usedSegments++;
+                deadBlocks += BlocksPerSegment - _state.SegmentLive[s];
+            }
+            deadBlocks -= BlocksPerSegment - _headOffsetBlocks; // the head's unwritten rest is free, not dead
+            if (_nextSegment != BatchHeader.NoSegment) deadBlocks -= BlocksPerSegment;
             long indexRam = _state.Index.RamBytes, tableRam = _state.Chunks.RamBytes, mapRam = _state.MapRamBytes();
             return new PoolStats
             {
@@ -335,6 +344,16 @@ public sealed partial class Pool : IAsyncDisposable
                 LastRecoveryMs = _lastRecoveryMs,
                 SegmentsTotal = _super.SegmentCount,
                 SegmentsFree = _freeSegments.Count,
+                SegmentsUsed = usedSegments,
+                SegmentsQuarantined = _quarantine.Count,
+                LiveBytes = unique * ChunkBytes,
+                DeadBytes = deadBlocks * ChunkBytes,
+                GcBytesMoved = _gcBytesMoved,
+                GcSegmentsCleaned = _gcSegmentsCleaned,
+                GcMs = _gcTicks * 1000.0 / Stopwatch.Frequency,
+                HostBytesWritten = Interlocked.Read(ref _hostBytesWritten),
+                DeviceBytesWritten = _deviceBytesWritten,
+                WriteAmplification = _hostBytesWritten == 0 ? 0 : (double)_deviceBytesWritten / _hostBytesWritten,
                 Volumes = volumes,
             };
         }

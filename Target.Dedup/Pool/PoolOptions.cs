@@ -31,6 +31,9 @@ public sealed record PoolOptions
     /// <summary>A checkpoint is written once this many journal bytes have been appended since the last one.</summary>
     public long CheckpointJournalBytes { get; init; } = 256L << 20;
 
+    /// <summary>Live-data fill levels (percent of capacity) at which a warning is logged once.</summary>
+    public int[] FillWarningPercents { get; init; } = [80, 90, 95];
+
     public ILoggerFactory? LoggerFactory { get; init; }
 
     /// <summary>Called before a write is acknowledged in <see cref="WriteMode.WriteBack"/> mode (the HA partner link).</summary>

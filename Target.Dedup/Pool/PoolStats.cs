@@ -40,5 +40,22 @@ public sealed record PoolStats
     public required double LastRecoveryMs { get; init; }
     public required long SegmentsTotal { get; init; }
     public required long SegmentsFree { get; init; }
+    /// <summary>Segments in use (log or live chunks).</summary>
+    public long SegmentsUsed { get; init; }
+    /// <summary>Dead segments waiting for one more checkpoint before reuse.</summary>
+    public long SegmentsQuarantined { get; init; }
+    /// <summary>Bytes of live chunks (same as PhysicalBytes).</summary>
+    public long LiveBytes { get; init; }
+    /// <summary>Bytes in used segments that hold no live chunk (garbage, journal headers, torn tails): what the cleaner can reclaim.</summary>
+    public long DeadBytes { get; init; }
+    public long GcBytesMoved { get; init; }
+    public long GcSegmentsCleaned { get; init; }
+    public double GcMs { get; init; }
+    /// <summary>Bytes written by hosts (accepted writes, before dedup).</summary>
+    public long HostBytesWritten { get; init; }
+    /// <summary>Bytes written to the back-end log (data, journal headers, cleaner moves; checkpoints not counted).</summary>
+    public long DeviceBytesWritten { get; init; }
+    /// <summary>DeviceBytesWritten / HostBytesWritten (0 before any write).</summary>
+    public double WriteAmplification { get; init; }
     public required IReadOnlyList<VolumeStats> Volumes { get; init; }
 }

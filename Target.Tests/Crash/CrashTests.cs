@@ -12,13 +12,19 @@ namespace Target.Tests.Crash;
 [Trait("Category", "Crash")]
 public sealed class CrashTests(ITestOutputHelper output)
 {
-    private const long VolumeBytes = 64L << 20;
-    private const int Sectors = (int)(VolumeBytes / CrashPattern.SectorBytes);
-
     [Fact]
-    public async Task KillNineDuringVerifiedWritesLosesNoFlushedWrite()
+    public Task KillNineDuringVerifiedWritesLosesNoFlushedWrite() =>
+        RunAsync(volumeBytes: 64L << 20, poolBytes: 1L << 30, defaultIterations: 50, killWindowMs: (20, 700), expectCleaning: false);
+
+    /// <summary>A pool only a little larger than the volume: the cleaner moves chunks all the time, and is killed mid-move.</summary>
+    [Fact]
+    public Task KillNineWhileTheCleanerMovesChunksLosesNoFlushedWrite() =>
+        RunAsync(volumeBytes: 24L << 20, poolBytes: (1L << 20) + 12 * (4L << 20), defaultIterations: 30, killWindowMs: (200, 2500), expectCleaning: true);
+
+    private async Task RunAsync(long volumeBytes, long poolBytes, int defaultIterations, (int Min, int Max) killWindowMs, bool expectCleaning)
     {
-        int iterations = int.TryParse(Environment.GetEnvironmentVariable("TARGET_CRASH_ITERATIONS"), out int n) ? n : 50;
+        int sectors = (int)(volumeBytes / CrashPattern.SectorBytes);
+        int iterations = int.TryParse(Environment.GetEnvironmentVariable("TARGET_CRASH_ITERATIONS"), out int n) ? n : defaultIterations;
         int seed = int.TryParse(Environment.GetEnvironmentVariable("TARGET_CRASH_SEED"), out int s) ? s : Environment.TickCount & 0x7FFFFFFF;
         output.WriteLine($"seed {seed}, {iterations} iterations (replay with TARGET_CRASH_SEED={seed})");
         var random = new Random(seed);
@@ -26,8 +32,9 @@ public sealed class CrashTests(ITestOutputHelper output)
         string pool = Path.Combine(dir, "pool");
         Directory.CreateDirectory(dir);
         // Per sector: the value the last flush made durable, and every value written since.
-        var durable = new long[Sectors];
-        var since = new HashSet<long>?[Sectors];
+        var durable = new long[sectors];
+        var since = new HashSet<long>?[sectors];
+        long cleaned = 0;
         long totalFlushes = 0, totalWrites = 0;
         try
         {
@@ -35,20 +42,21 @@ public sealed class CrashTests(ITestOutputHelper output)
             {
                 string log = Path.Combine(dir, $"log-{iteration}");
                 string mode = iteration % 3 == 2 ? "wt" : "1way-wb";
-                int killAfterMs = random.Next(20, 700);
-                await RunAndKillAsync(pool, log, seed + iteration, (iteration + 1) * 10_000_000L, mode, killAfterMs);
-                (int writes, int flushes) = Replay(File.ReadAllLines(log), durable, since);
+                int killAfterMs = random.Next(killWindowMs.Min, killWindowMs.Max);
+                await RunAndKillAsync(pool, log, seed + iteration, (iteration + 1) * 10_000_000L, mode, killAfterMs, volumeBytes, poolBytes);
+                (int writes, int flushes, long segmentsCleaned) = Replay(File.ReadAllLines(log), durable, since);
+                cleaned += segmentsCleaned;
                 totalWrites += writes;
                 totalFlushes += flushes;
 
                 await using (Pool p = Pool.Open(new PoolOptions { Directory = pool }))
                 {
                     Assert.True(p.TryGetVolume(CrashPattern.VolumeName, out Volume volume), $"iteration {iteration}: volume missing after crash");
-                    byte[] data = new byte[VolumeBytes];
+                    byte[] data = new byte[volumeBytes];
                     await volume.ReadAsync(0, data, CancellationToken.None);
                     int lost = 0;
                     string? firstLoss = null;
-                    for (int sector = 0; sector < Sectors; sector++)
+                    for (int sector = 0; sector < sectors; sector++)
                     {
                         long actual = CrashPattern.Decode(data.AsSpan(sector * CrashPattern.SectorBytes, CrashPattern.SectorBytes), sector % 8);
                         bool allowed = actual == durable[sector] || (since[sector]?.Contains(actual) ?? false);
@@ -66,6 +74,8 @@ public sealed class CrashTests(ITestOutputHelper output)
                 Assert.True(report.Clean, $"seed {seed} iteration {iteration}: pool check: {string.Join("; ", report.Problems)}");
             }
             output.WriteLine($"{iterations} kills, {totalWrites} writes logged, {totalFlushes} flushes acknowledged, 0 lost");
+            output.WriteLine($"the cleaner cleaned {cleaned} segments in the killed writers");
+            if (expectCleaning) Assert.True(cleaned > 0, "the cleaner never ran in the writer, so this test proved nothing about it");
             Assert.True(totalFlushes > iterations, "the writer acknowledged too few flushes for the test to mean anything");
         }
         finally
@@ -75,11 +85,12 @@ public sealed class CrashTests(ITestOutputHelper output)
     }
 
     /// <summary>Applies a writer's log to the expectation: after each F, the values written so far are durable.</summary>
-    private static (int Writes, int Flushes) Replay(string[] lines, long[] durable, HashSet<long>?[] since)
+    private static (int Writes, int Flushes, long SegmentsCleaned) Replay(string[] lines, long[] durable, HashSet<long>?[] since)
     {
         var touched = new List<int>();
         var latest = new Dictionary<int, long>();
         int writes = 0, flushes = 0;
+        long segmentsCleaned = 0;
         foreach (string line in lines)
         {
             string[] f = line.Split(' ');
@@ -101,12 +112,15 @@ public sealed class CrashTests(ITestOutputHelper output)
                     latest.Clear();
                     flushes++;
                     break;
+                case "S" when f.Length == 3:
+                    segmentsCleaned = Math.Max(segmentsCleaned, long.Parse(f[1]));
+                    break;
                 default:
                     // A torn last line: the operation it names was never started.
                     break;
             }
         }
-        return (writes, flushes);
+        return (writes, flushes, segmentsCleaned);
 
         void Mark(long tag, long offset, long length)
         {
@@ -124,7 +138,7 @@ public sealed class CrashTests(ITestOutputHelper output)
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static extern int Kill(int pid, int signal);
 
-    private async Task RunAndKillAsync(string pool, string log, int seed, long tagStart, string mode, int killAfterMs)
+    private static async Task RunAndKillAsync(string pool, string log, int seed, long tagStart, string mode, int killAfterMs, long volumeBytes, long poolBytes)
     {
         string writer = Path.Combine(AppContext.BaseDirectory, "crash-writer.dll");
         Assert.True(File.Exists(writer), $"{writer} missing: build the solution");
@@ -134,7 +148,7 @@ public sealed class CrashTests(ITestOutputHelper output)
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (string a in new[] { writer, "--pool", pool, "--log", log, "--seed", seed.ToString(), "--tag-start", tagStart.ToString(), "--mode", mode, "--volume-bytes", VolumeBytes.ToString() })
+        foreach (string a in new[] { writer, "--pool", pool, "--log", log, "--seed", seed.ToString(), "--tag-start", tagStart.ToString(), "--mode", mode, "--volume-bytes", volumeBytes.ToString(), "--pool-bytes", poolBytes.ToString() })
             psi.ArgumentList.Add(a);
         using Process child = Process.Start(psi)!;
         Task<string> errors = child.StandardError.ReadToEndAsync();

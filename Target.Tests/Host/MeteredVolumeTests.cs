@@ -137,6 +137,8 @@ public sealed class MeteredVolumeTests
         Assert.Contains("# TYPE target_volume_latency_seconds histogram\n", text, StringComparison.Ordinal);
         Assert.Contains("target_volume_latency_seconds_bucket{volume=\"v\\\"1\",op=\"read\",le=\"+Inf\"} 1\n", text, StringComparison.Ordinal);
         Assert.Contains("target_volume_latency_seconds_count{volume=\"v\\\"1\",op=\"read\"} 1\n", text, StringComparison.Ordinal);
+        Assert.Contains(",le=\"0.00001\"} ", text, StringComparison.Ordinal);
+        Assert.Contains(",le=\"2.5\"} ", text, StringComparison.Ordinal);
         foreach (string label in VolumeOps.Labels)
             Assert.Contains($"op=\"{label}\"", text, StringComparison.Ordinal);
         Assert.All(text.Split('\n', StringSplitOptions.RemoveEmptyEntries), line =>
@@ -146,15 +148,16 @@ public sealed class MeteredVolumeTests
     [Fact]
     public void Prometheus_text_has_pool_gauges()
     {
-        var stats = new PoolStats
+        // The engine adds fields over time; start from an empty record so this test only names what it checks.
+        var stats = Empty<PoolStats>() with
         {
             Uuid = Guid.NewGuid(), Fingerprint = "xxh3-128", CapacityBytes = 4L << 30, FreeBytes = 1 << 30,
             PhysicalBytes = 64 << 20, LogicalBytes = 128 << 20, UniqueChunks = 16384, ZeroChunks = 3, DedupRatio = 2.0,
-            JournalBytes = 0, RamBytesIndex = 1, RamBytesChunkTable = 2, RamBytesMaps = 3, RamBytesPerUniqueChunk = 24.5,
-            RamBytesPerMappedBlock = 8, LastRecoveryTime = null, LastRecoveryMs = 1500, SegmentsTotal = 10, SegmentsFree = 5,
+            RamBytesIndex = 1, RamBytesChunkTable = 2, RamBytesMaps = 3, RamBytesPerUniqueChunk = 24.5,
+            LastRecoveryMs = 1500, SegmentsTotal = 10, SegmentsFree = 5, WriteAmplification = 1.25,
             Volumes =
             [
-                new VolumeStats { Name = "vol0", Uuid = Guid.NewGuid(), SizeBytes = 10L << 30, LogicalBlockSize = 512, WriteMode = "1way-wb", MappedBytes = 128 << 20, ZeroChunks = 3, DirtyBytes = 4096, RamBytes = 1 },
+                Empty<VolumeStats>() with { Name = "vol0", SizeBytes = 10L << 30, MappedBytes = 128 << 20, DirtyBytes = 4096 },
             ],
         };
         string text = PrometheusWriter.Write(stats, []);
@@ -167,7 +170,11 @@ public sealed class MeteredVolumeTests
         Assert.Contains("target_pool_last_recovery_seconds 1.5\n", text, StringComparison.Ordinal);
         Assert.Contains("target_volume_size_bytes{volume=\"vol0\"} 10737418240\n", text, StringComparison.Ordinal);
         Assert.Contains("target_volume_dirty_bytes{volume=\"vol0\"} 4096\n", text, StringComparison.Ordinal);
+        Assert.Contains("target_pool_write_amplification 1.25\n", text, StringComparison.Ordinal);
+        Assert.Contains("# TYPE target_pool_host_written_bytes_total counter\n", text, StringComparison.Ordinal);
     }
+
+    private static T Empty<T>() where T : class => (T)System.Runtime.CompilerServices.RuntimeHelpers.GetUninitializedObject(typeof(T));
 
     private sealed class FakeVolume : IBlockVolume
     {

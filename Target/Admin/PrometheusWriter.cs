@@ -32,6 +32,16 @@ public static class PrometheusWriter
             Gauge(text, "target_pool_ram_bytes_per_mapped_block", "RAM bytes per mapped logical block.", pool.RamBytesPerMappedBlock);
             Gauge(text, "target_pool_segments_total", "Log segments.", pool.SegmentsTotal);
             Gauge(text, "target_pool_segments_free", "Free log segments.", pool.SegmentsFree);
+            Gauge(text, "target_pool_segments_used", "Log segments in use.", pool.SegmentsUsed);
+            Gauge(text, "target_pool_segments_quarantined", "Dead segments waiting for a checkpoint before reuse.", pool.SegmentsQuarantined);
+            Gauge(text, "target_pool_live_bytes", "Bytes of live chunks.", pool.LiveBytes);
+            Gauge(text, "target_pool_dead_bytes", "Bytes in used segments that the cleaner can reclaim.", pool.DeadBytes);
+            Counter(text, "target_pool_gc_moved_bytes_total", "Bytes moved by the segment cleaner.", pool.GcBytesMoved);
+            Counter(text, "target_pool_gc_segments_cleaned_total", "Segments cleaned.", pool.GcSegmentsCleaned);
+            Counter(text, "target_pool_gc_seconds_total", "Time spent cleaning segments.", pool.GcMs / 1000.0);
+            Counter(text, "target_pool_host_written_bytes_total", "Bytes written by hosts, before dedup.", pool.HostBytesWritten);
+            Counter(text, "target_pool_device_written_bytes_total", "Bytes written to the back-end log.", pool.DeviceBytesWritten);
+            Gauge(text, "target_pool_write_amplification", "Device bytes written / host bytes written.", pool.WriteAmplification);
             Gauge(text, "target_pool_last_recovery_seconds", "Duration of the last recovery.", pool.LastRecoveryMs / 1000.0);
 
             Header(text, "target_volume_size_bytes", "Logical size of the volume.", "gauge");
@@ -71,7 +81,7 @@ public static class PrometheusWriter
                 for (int b = 0; b < cumulative.Length; b++)
                 {
                     string le = b < LatencyHistogram.BoundsSeconds.Length
-                        ? LatencyHistogram.BoundsSeconds[b].ToString("R", CultureInfo.InvariantCulture)
+                        ? LatencyHistogram.BoundsSeconds[b].ToString("0.#########", CultureInfo.InvariantCulture)
                         : "+Inf";
                     text.Append("target_volume_latency_seconds_bucket{").Append(labels).Append(",le=\"").Append(le).Append("\"} ")
                         .Append(cumulative[b].ToString(CultureInfo.InvariantCulture)).Append('\n');
@@ -93,6 +103,12 @@ public static class PrometheusWriter
     private static void Gauge(StringBuilder text, string name, string help, double value)
     {
         Header(text, name, help, "gauge");
+        text.Append(name).Append(' ').Append(Number(value)).Append('\n');
+    }
+
+    private static void Counter(StringBuilder text, string name, string help, double value)
+    {
+        Header(text, name, help, "counter");
         text.Append(name).Append(' ').Append(Number(value)).Append('\n');
     }
 

@@ -80,6 +80,8 @@ public static class ClientCommands
         text.AppendLine(CultureInfo.InvariantCulture, $"  RAM             {Human(s, "ramBytesIndex"),12} index, {Human(s, "ramBytesChunkTable")} chunk table, {Human(s, "ramBytesMaps")} maps");
         text.AppendLine(CultureInfo.InvariantCulture, $"  RAM per chunk   {Num(s, "ramBytesPerUniqueChunk"),12:0.0} B unique, {Num(s, "ramBytesPerMappedBlock"):0.0} B per mapped block");
         text.AppendLine(CultureInfo.InvariantCulture, $"  journal         {Human(s, "journalBytes"),12} since checkpoint   segments {Long(s, "segmentsFree")}/{Long(s, "segmentsTotal")} free");
+        text.AppendLine(CultureInfo.InvariantCulture, $"  written         {Human(s, "hostBytesWritten"),12} by hosts, {Human(s, "deviceBytesWritten")} to devices   write amplification {Num(s, "writeAmplification"):0.00}");
+        text.AppendLine(CultureInfo.InvariantCulture, $"  garbage         {Human(s, "deadBytes"),12} reclaimable   cleaner moved {Human(s, "gcBytesMoved")} from {Long(s, "gcSegmentsCleaned")} segment(s)");
         if (s.TryGetProperty("volumes", out JsonElement volumes))
             text.Append(FormatVolumes(volumes));
         return text.ToString().TrimEnd();

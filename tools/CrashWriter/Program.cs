@@ -1,6 +1,7 @@
 // The crash tests' victim: opens a pool and does verified writes, trims and flushes until it is
 // killed with SIGKILL. Before each operation it logs its intent ("W tag offset length",
-// "T offset length"); after each flush returns it logs "F". Every 512-byte sector it writes is
+// "T offset length"); after each flush returns it logs "F"; every 16 flushes it logs the
+// cleaner's counters ("S segmentsCleaned bytesMoved"). Every 512-byte sector it writes is
 // self-describing (CrashPattern), so the parent can tell which write a sector came from.
 using Target.Dedup;
 
@@ -42,6 +43,7 @@ byte[] buffer = new byte[8 * 4096];
 Console.WriteLine("ready");
 Console.Out.Flush();
 long sectors = volume.SizeBytes / CrashPattern.SectorBytes;
+long flushes = 0;
 while (true)
 {
     int ops = random.Next(1, 17);
@@ -78,4 +80,9 @@ while (true)
     }
     await volume.FlushAsync(CancellationToken.None);
     log.WriteLine("F");
+    if (++flushes % 16 == 0)
+    {
+        PoolStats stats = p.GetStats();
+        log.WriteLine($"S {stats.GcSegmentsCleaned} {stats.GcBytesMoved}");
+    }
 }

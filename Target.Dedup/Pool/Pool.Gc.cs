@@ -1,0 +1,241 @@
+// The cleaner (garbage collector). Chunks are immutable and reached only through the chunk
+// table, so cleaning a segment means copying its live chunks to the log head with MoveChunk
+// records (maps, snapshots and the index keep the chunk ids), after which the segment holds
+// nothing live; the next checkpoint quarantines it and the one after frees it.
+// Victims are chosen by cost-benefit: (1 - u) * age / (1 + u), u = live fraction.
+// Invariants: a move is applied only after its batch is durable; a chunk whose stored bytes
+// fail their CRC is never moved (its segment stays, and the error is logged); the cleaner
+// runs under the commit mutex one batch at a time, so host writes (which go to the cache)
+// never wait for it, and destage waits at most one batch.
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using Target.Dedup.Device;
+using Target.Dedup.Engine;
+using Target.Dedup.Format;
+using Target.Dedup.Hashing;
+using Target.Dedup.Index;
+
+namespace Target.Dedup;
+
+public sealed partial class Pool
+{
+    private const int CleanerTickMs = 50;
+    /// <summary>Segments above this live fraction are not worth cleaning unless the pool is nearly full.</summary>
+    private const double MaxVictimUtilization = 0.90;
+    private const double MaxVictimUtilizationWhenFull = 0.99;
+    /// <summary>With no host write for this long, the cleaner compacts until dead space is under IdleDeadFraction of live.</summary>
+    private const int IdleMs = 500;
+    private const double IdleDeadFraction = 0.10;
+    /// <summary>How long a writer waits for the cleaner to free space before it gets ENOSPC.</summary>
+    private const int SpaceWaitMaxMs = 30_000;
+
+    private readonly Signal _cleanerWake = new();
+    private readonly Signal _spaceFreed = new();
+    private Task? _cleaner;
+    private long[] _segmentSealedMs = Array.Empty<long>();
+    private AlignedBuffer? _cleanerBuffer;
+    private long _gcBytesMoved;
+    private long _gcSegmentsCleaned;
+    private long _gcTicks;
+    private long _hostBytesWritten;
+    private long _deviceBytesWritten;
+    private int _fillWarnedPercent;
+    private long _lastHostWriteMs;
+
+    /// <summary>Free segments the cleaner keeps in hand: 15% of the pool, at least 4.</summary>
+    private int FreeSegmentsTarget => Math.Max(4, (int)(_super.SegmentCount * 15 / 100));
+
+    private void StartCleaner()
+    {
+        _segmentSealedMs = new long[_super.SegmentCount];
+        Array.Fill(_segmentSealedMs, NowMs());
+        _cleanerBuffer = new AlignedBuffer(_super.SegmentBytes);
+        _cleaner = Task.Run(CleanerLoopAsync);
+    }
+
+    private async Task StopCleanerAsync()
+    {
+        _cleanerWake.Set();
+        if (_cleaner != null)
+        {
+            try { await _cleaner.ConfigureAwait(false); } catch (OperationCanceledException) { }
+        }
+        _cleanerBuffer?.Dispose();
+    }
+
+    private void SegmentSealed(uint segment)
+    {
+        if (segment < _segmentSealedMs.Length) _segmentSealedMs[segment] = NowMs();
+    }
+
+    private async Task CleanerLoopAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            await _cleanerWake.WaitAsync(CleanerTickMs, _stop.Token).ConfigureAwait(false);
+            if (_stop.IsCancellationRequested || _failure != null) break;
+            try
+            {
+                WarnOnFill();
+                while (!_stop.IsCancellationRequested && await CleanOnceAsync().ConfigureAwait(false))
+                {
+                }
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                _log.LogError("cleaner: {Message}", e.Message);
+                await Task.Delay(CleanerTickMs * 10).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>One step of cleaning; true when it did work and more may be needed.</summary>
+    private async Task<bool> CleanOnceAsync()
+    {
+        int free, quarantined, dead;
+        uint victim;
+        lock (_sync)
+        {
+            free = _freeSegments.Count;
+            bool idleCompaction = NowMs() - Volatile.Read(ref _lastHostWriteMs) > IdleMs && DeadBlocksLocked() > _state.Chunks.LiveCount * IdleDeadFraction + BlocksPerSegment / 2;
+            if (free >= FreeSegmentsTarget && !idleCompaction) return false;
+            quarantined = _quarantine.Count;
+            dead = CountDeadSegmentsLocked();
+            victim = PickVictimLocked(free);
+        }
+        if (dead + quarantined > 0)
+        {
+            // Dead segments come back through checkpoints: quarantined ones now, dead ones at the next.
+            await _commit.WaitAsync(_stop.Token).ConfigureAwait(false);
+            try
+            {
+                ThrowIfFailed();
+                WriteCheckpointLocked();
+            }
+            finally
+            {
+                _commit.Release();
+            }
+            _spaceFreed.Set();
+            return true;
+        }
+        if (victim == BatchHeader.NoSegment) return false;
+        await _commit.WaitAsync(_stop.Token).ConfigureAwait(false);
+        try
+        {
+            ThrowIfFailed();
+            return CleanSegmentLocked(victim);
+        }
+        finally
+        {
+            _commit.Release();
+        }
+    }
+
+    /// <summary>Blocks in used segments (other than the head and next) that hold nothing live, plus quarantined segments.</summary>
+    private long DeadBlocksLocked()
+    {
+        long dead = (long)_quarantine.Count * BlocksPerSegment;
+        for (uint s = 0; s < _segments.Length; s++)
+        {
+            if (_segments[s] == SegmentState.Used && s != _headSegment && s != _nextSegment)
+                dead += BlocksPerSegment - _state.SegmentLive[s];
+        }
+        return dead;
+    }
+
+    private int CountDeadSegmentsLocked()
+    {
+        int dead = 0;
+        for (uint s = 0; s < _segments.Length; s++)
+        {
+            if (_segments[s] == SegmentState.Used && s != _headSegment && s != _nextSegment && _state.SegmentLive[s] == 0) dead++;
+        }
+        return dead;
+    }
+
+    private uint PickVictimLocked(int free)
+    {
+        double maxUtilization = free <= 2 ? MaxVictimUtilizationWhenFull : MaxVictimUtilization;
+        long now = NowMs();
+        uint best = BatchHeader.NoSegment;
+        double bestScore = 0;
+        for (uint s = 0; s < _segments.Length; s++)
+        {
+            if (_segments[s] != SegmentState.Used || s == _headSegment || s == _nextSegment) continue;
+            double u = (double)_state.SegmentLive[s] / BlocksPerSegment;
+            if (u > maxUtilization) continue;
+            double age = 1 + (now - _segmentSealedMs[s]);
+            double score = (1 - u) * age / (1 + u);
+            if (score > bestScore) { bestScore = score; best = s; }
+        }
+        return best;
+    }
+
+    /// <summary>Moves up to one batch of a victim's live chunks to the head. Caller holds the commit mutex.</summary>
+    private bool CleanSegmentLocked(uint victim)
+    {
+        long start = Stopwatch.GetTimestamp();
+        uint first = victim * (uint)BlocksPerSegment, end = first + (uint)BlocksPerSegment;
+        Span<byte> segmentData = _cleanerBuffer!.Span;
+        _device.Read(_super.SegmentOffset(victim), segmentData);
+
+        Span<byte> dataArea = _logBuffer.Slice(MaxHeaderBlocks * ChunkBytes, MaxBatchBlocks * ChunkBytes);
+        _logBuffer.Slice(0, MaxHeaderBlocks * ChunkBytes).Clear();
+        var writer = new RecordWriter(_logBuffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
+        int moved = 0;
+        bool corrupt = false;
+        ChunkTable chunks = _state.Chunks;
+        // Metadata changes only under the commit mutex, which we hold: the chunk table is still.
+        for (uint id = ChunkTable.FirstChunkId; id < chunks.HighWater && moved < MaxBatchBlocks; id++)
+        {
+            ChunkEntry e = chunks[id];
+            if (e.RefCount == 0 || e.Location < first || e.Location >= end) continue;
+            ReadOnlySpan<byte> data = segmentData.Slice((int)(e.Location - first) * ChunkBytes, ChunkBytes);
+            if (Crc32C.Compute(data) != e.Crc)
+            {
+                if (!corrupt) _log.LogError("cleaner: chunk {Id} at block {Location} fails its CRC; segment {Segment} is kept", id, e.Location, victim);
+                corrupt = true;
+                continue;
+            }
+            data.CopyTo(dataArea.Slice(moved * ChunkBytes, ChunkBytes));
+            writer.MoveChunk(id, moved);
+            moved++;
+        }
+        if (moved > 0)
+        {
+            WriteBatch(writer.Length, moved, metadataOnly: true);
+            _gcBytesMoved += (long)moved * ChunkBytes;
+        }
+        if (_state.SegmentLive[victim] == 0) _gcSegmentsCleaned++;
+        _gcTicks += Stopwatch.GetTimestamp() - start;
+        if (corrupt)
+        {
+            // Leave it: the checker reports it; cleaning it again would find the same.
+            lock (_sync) _segmentSealedMs[victim] = long.MaxValue / 2;
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>True when the cleaner can give back at least a segment's worth (so a writer should wait, not fail).</summary>
+    private bool SpaceReclaimableLocked()
+    {
+        // Moving live chunks also costs header blocks: ask for a clear margin.
+        return _quarantine.Count > 0 || DeadBlocksLocked() >= 2L * BlocksPerSegment;
+    }
+
+    private void WarnOnFill()
+    {
+        int[] thresholds = _options.FillWarningPercents;
+        if (thresholds.Length == 0) return;
+        long capacityBlocks = (long)_super.SegmentCount * BlocksPerSegment;
+        int percent;
+        lock (_sync) percent = (int)(_state.Chunks.LiveCount * 100 / Math.Max(1, capacityBlocks));
+        int crossed = 0;
+        foreach (int t in thresholds) if (percent >= t && t > crossed) crossed = t;
+        if (crossed > _fillWarnedPercent)
+            _log.LogWarning("pool {Uuid} is {Percent}% full of live data (warning threshold {Threshold}%)", Uuid, percent, crossed);
+        _fillWarnedPercent = crossed;
+    }
+}
