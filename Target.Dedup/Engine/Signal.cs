@@ -1,4 +1,6 @@
-// An auto-reset signal for async waiters: Set wakes the current waiters; a Set with no waiter is remembered once.
+// An auto-reset signal for async waiters: Set wakes the current waiters and is also remembered,
+// so a waiter that arrives after a Set (or whose wait just timed out) returns at once. Waiters
+// always re-check their condition, so a spurious wake costs a loop, never correctness.
 namespace Target.Dedup.Engine;
 
 internal sealed class Signal
@@ -14,19 +16,36 @@ internal sealed class Signal
         {
             wake = _waiters;
             _waiters = null;
-            if (wake == null) _set = true;
+            _set = true;
         }
         wake?.TrySetResult();
     }
 
+    /// <summary>Completes when Set is called, the timeout passes, or ct is cancelled (never throws).</summary>
     public Task WaitAsync(int timeoutMs, CancellationToken ct)
     {
+        Task wait;
         lock (_gate)
         {
             if (_set) { _set = false; return Task.CompletedTask; }
             _waiters ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            Task wait = _waiters.Task;
-            return timeoutMs < 0 && !ct.CanBeCanceled ? wait : wait.WaitAsync(TimeSpan.FromMilliseconds(timeoutMs < 0 ? Timeout.Infinite : timeoutMs), ct).ContinueWith(static _ => { }, TaskScheduler.Default);
+            wait = _waiters.Task;
+        }
+        return WaitCoreAsync(wait, timeoutMs, ct);
+    }
+
+    private async Task WaitCoreAsync(Task wait, int timeoutMs, CancellationToken ct)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(timeoutMs);
+        var cancelled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using (timeout.Token.UnsafeRegister(static s => ((TaskCompletionSource)s!).TrySetResult(), cancelled).ConfigureAwait(false))
+        {
+            await Task.WhenAny(wait, cancelled.Task).ConfigureAwait(false);
+        }
+        lock (_gate)
+        {
+            if (wait.IsCompleted) _set = false;
         }
     }
 }
