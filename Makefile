@@ -51,7 +51,7 @@ SUMMARY = awk ' \
 all: build
 
 deps:
-	tools/install-deps.sh
+	bash tools/install-deps.sh
 
 build:
 	$(DOTNET) build Target.sln -c $(CONFIGURATION)
@@ -80,8 +80,8 @@ crash-test: deps build
 	exit $$status
 
 bench: deps build
-	@if [ -x tools/bench/compare.sh ]; then \
-		tools/bench/compare.sh; \
+	@if [ -f tools/bench/compare.sh ]; then \
+		bash tools/bench/compare.sh; \
 	else \
 		echo "make bench: tools/bench/compare.sh is not there yet."; \
 		echo "BenchmarkDotNet micro-benchmarks: $(DOTNET) run -c Release --project Target.Bench -- --filter '*'"; \

@@ -25,6 +25,7 @@ public sealed partial class Pool
     private readonly List<(long Ticket, TaskCompletionSource Done)> _flushWaiters = new();
     private readonly CancellationTokenSource _stop = new();
     private Task? _destager;
+    private ReadScheduler? _reads;
     private long _committedTicket;
 
     // Per-batch scratch, used only by the destager under the commit mutex.
@@ -46,6 +47,7 @@ public sealed partial class Pool
 
     private void StartBackground()
     {
+        _reads = new ReadScheduler((volume, offset, destination) => Read(volume, offset, destination.Span));
         _destager = Task.Run(DestageLoopAsync);
         StartCleaner();
     }
@@ -59,6 +61,7 @@ public sealed partial class Pool
             try { await _destager.ConfigureAwait(false); } catch (OperationCanceledException) { }
         }
         await StopCleanerAsync().ConfigureAwait(false);
+        _reads?.Dispose();
         lock (_sync)
         {
             foreach ((long _, TaskCompletionSource done) in _flushWaiters)

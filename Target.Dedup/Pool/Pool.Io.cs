@@ -13,72 +13,148 @@ namespace Target.Dedup;
 
 public sealed partial class Pool
 {
-    [ThreadStatic] private static AlignedBuffer? t_readBuffer;
+    /// <summary>Blocks read with one device request at most (1 MiB): runs of chunks that lie next to each other in the log.</summary>
+    private const int MaxReadRunBlocks = 256;
 
-    private static AlignedBuffer ReadBuffer => t_readBuffer ??= new AlignedBuffer(ChunkBytes);
+    [ThreadStatic] private static AlignedBuffer? t_readBuffer;
+    [ThreadStatic] private static ReadPlan? t_readPlan;
+
+    private static AlignedBuffer ReadBuffer => t_readBuffer ??= new AlignedBuffer(MaxReadRunBlocks * ChunkBytes);
+
+    /// <summary>Per-thread scratch for one window of a read: where each block's bytes come from.</summary>
+    private sealed class ReadPlan
+    {
+        public readonly uint[] Location = new uint[MaxReadRunBlocks];
+        public readonly uint[] Crc = new uint[MaxReadRunBlocks];
+        public readonly int[] DestinationOffset = new int[MaxReadRunBlocks];
+        public readonly int[] InChunk = new int[MaxReadRunBlocks];
+        public readonly int[] Length = new int[MaxReadRunBlocks];
+    }
 
     internal VolumeStats VolumeStatsOf(Volume volume)
     {
         lock (_sync) return volume.StatsLocked();
     }
 
+    /// <summary>Completes inline when the cache and holes cover the range; otherwise on a read thread.</summary>
+    internal ValueTask ReadAsync(Volume volume, long offset, Memory<byte> destination)
+    {
+        if (TryReadWithoutDevice(volume, offset, destination.Span)) return ValueTask.CompletedTask;
+        return _reads!.ReadAsync(volume, offset, destination);
+    }
+
+    /// <summary>Serves the read from cache pages and holes only; false (having copied some) when a stored chunk is needed.</summary>
+    private bool TryReadWithoutDevice(Volume volume, long offset, Span<byte> destination)
+    {
+        lock (_sync)
+        {
+            int done = 0;
+            while (done < destination.Length)
+            {
+                long position = offset + done;
+                long block = position / ChunkBytes;
+                int inChunk = (int)(position % ChunkBytes);
+                int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
+                if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
+                    _cache.Data(page).Slice(inChunk, n).CopyTo(destination.Slice(done, n));
+                else if (volume.State.Map.Get(block) < ChunkTable.FirstChunkId)
+                    destination.Slice(done, n).Clear();
+                else
+                    return false;
+                done += n;
+            }
+            return true;
+        }
+    }
+
+    /// <summary>Reads synchronously: cache, map, then the device, coalescing chunks that are adjacent in the log into one read.</summary>
     internal void Read(Volume volume, long offset, Span<byte> destination)
     {
+        ReadPlan plan = t_readPlan ??= new ReadPlan();
         int done = 0;
         while (done < destination.Length)
         {
-            long position = offset + done;
-            long block = position / ChunkBytes;
-            int inChunk = (int)(position % ChunkBytes);
-            int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
-            ReadChunkPart(volume, block, inChunk, destination.Slice(done, n));
-            done += n;
+            // Plan one window of up to MaxReadRunBlocks blocks under the lock.
+            int planned = 0;
+            lock (_sync)
+            {
+                while (done < destination.Length && planned < MaxReadRunBlocks)
+                {
+                    long position = offset + done;
+                    long block = position / ChunkBytes;
+                    int inChunk = (int)(position % ChunkBytes);
+                    int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
+                    if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
+                    {
+                        _cache.Data(page).Slice(inChunk, n).CopyTo(destination.Slice(done, n));
+                    }
+                    else
+                    {
+                        uint id = volume.State.Map.Get(block);
+                        if (id < ChunkTable.FirstChunkId)
+                        {
+                            destination.Slice(done, n).Clear();
+                        }
+                        else
+                        {
+                            ChunkEntry e = _state.Chunks[id];
+                            plan.Location[planned] = e.Location;
+                            plan.Crc[planned] = e.Crc;
+                            plan.DestinationOffset[planned] = done;
+                            plan.InChunk[planned] = inChunk;
+                            plan.Length[planned] = n;
+                            planned++;
+                        }
+                    }
+                    done += n;
+                }
+            }
+            // Then read runs of consecutive log blocks with one device read each.
+            for (int i = 0; i < planned;)
+            {
+                int run = 1;
+                while (i + run < planned && plan.Location[i + run] == plan.Location[i] + run) run++;
+                Span<byte> stored = ReadStoredRun(plan.Location[i], run);
+                for (int k = 0; k < run; k++)
+                {
+                    Span<byte> chunk = stored.Slice(k * ChunkBytes, ChunkBytes);
+                    CheckStoredCrc(chunk, plan.Location[i + k], plan.Crc[i + k]);
+                    chunk.Slice(plan.InChunk[i + k], plan.Length[i + k]).CopyTo(destination.Slice(plan.DestinationOffset[i + k], plan.Length[i + k]));
+                }
+                i += run;
+            }
         }
     }
 
-    /// <summary>Reads part of one logical block.</summary>
-    private void ReadChunkPart(Volume volume, long block, int inChunk, Span<byte> destination)
+    private Span<byte> ReadStoredRun(uint location, int blocks)
     {
-        uint location, crc;
-        lock (_sync)
-        {
-            if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
-            {
-                _cache.Data(page).Slice(inChunk, destination.Length).CopyTo(destination);
-                return;
-            }
-            uint id = volume.State.Map.Get(block);
-            if (id < ChunkTable.FirstChunkId)
-            {
-                destination.Clear();
-                return;
-            }
-            ChunkEntry e = _state.Chunks[id];
-            location = e.Location;
-            crc = e.Crc;
-        }
-        Span<byte> stored = ReadStored(location, crc);
-        stored.Slice(inChunk, destination.Length).CopyTo(destination);
-    }
-
-    /// <summary>Reads a stored chunk into this thread's aligned buffer and checks its CRC.</summary>
-    private Span<byte> ReadStored(uint location, uint crc)
-    {
-        Span<byte> stored = ReadBuffer.Span;
+        Span<byte> stored = ReadBuffer.Slice(0, blocks * ChunkBytes);
         try
         {
             _device.Read(Superblock.BlockOffset(location), stored);
         }
         catch (IOException e)
         {
-            _log.LogError("read of chunk at block {Location} failed: {Message}", location, e.Message);
+            _log.LogError("read of {Blocks} chunks at block {Location} failed: {Message}", blocks, location, e.Message);
             throw new MediaErrorException($"device read failed at block {location}: {e.Message}", e);
         }
-        if (Crc32C.Compute(stored) != crc)
+        return stored;
+    }
+
+    private void CheckStoredCrc(ReadOnlySpan<byte> chunk, uint location, uint crc)
+    {
+        if (Crc32C.Compute(chunk) != crc)
         {
             _log.LogError("chunk at block {Location} fails its CRC: the data on the device is corrupt", location);
             throw new MediaErrorException($"stored data at block {location} is corrupt (CRC mismatch)");
         }
+    }
+
+    /// <summary>Reads one stored chunk into this thread's aligned buffer and checks its CRC.</summary>
+    private Span<byte> ReadStored(uint location, uint crc)
+    {
+        Span<byte> stored = ReadStoredRun(location, 1);
+        CheckStoredCrc(stored, location, crc);
         return stored;
     }
 

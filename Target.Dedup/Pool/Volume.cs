@@ -43,8 +43,7 @@ public sealed class Volume : IBlockVolume
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct)
     {
         CheckRange(offset, destination.Length);
-        _pool.Read(this, offset, destination.Span);
-        return ValueTask.CompletedTask;
+        return _pool.ReadAsync(this, offset, destination);
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags, CancellationToken ct)
