@@ -52,6 +52,9 @@ internal sealed class PoolState : IDisposable
     public Dictionary<string, VolumeState> VolumesByName { get; } = new(StringComparer.Ordinal);
     public uint NextVolumeId { get; set; } = 1;
 
+    /// <summary>Told when a chunk's refcount reaches zero and its id is released (caches keyed by id drop it).</summary>
+    public Action<uint>? ChunkFreed { get; set; }
+
     public uint SegmentOf(uint location) => (uint)(location / (uint)_blocksPerSegment);
 
     /// <summary>Applies one durable batch. <paramref name="replaying"/>: chunk ids come from the records (not pre-allocated).</summary>
@@ -142,6 +145,7 @@ internal sealed class PoolState : IDisposable
             Index.Remove(id);
             SegmentLive[SegmentOf(e.Location)]--;
             Chunks.Release(id);
+            ChunkFreed?.Invoke(id);
         }
     }
 

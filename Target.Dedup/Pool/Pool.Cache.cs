@@ -249,7 +249,7 @@ public sealed partial class Pool
             ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
             for (int k = 0; k < _candidateCount[i] && _batchValue[i] == ChunkTable.HoleId; k++)
             {
-                if (VerifyStoredChunk(_candidateLocations[i * MaxCandidates + k], _candidateCrcs[i * MaxCandidates + k], data))
+                if (VerifyStoredChunk(_candidateIds[i * MaxCandidates + k], _candidateLocations[i * MaxCandidates + k], _candidateCrcs[i * MaxCandidates + k], data))
                     _batchValue[i] = _candidateIds[i * MaxCandidates + k];
             }
             if (_batchValue[i] != ChunkTable.HoleId) continue;
@@ -304,6 +304,8 @@ public sealed partial class Pool
 
         lock (_sync)
         {
+            // Write-allocate: the new chunks' bytes are still in the batch buffer.
+            for (int n = 0; n < packed; n++) _chunkCache.Insert(newIds[n], dataArea.Slice(n * ChunkBytes, ChunkBytes));
             bool freed = false;
             for (int i = 0; i < count; i++)
             {
@@ -338,9 +340,14 @@ public sealed partial class Pool
     private Volume? VolumeOfKey(long key) => _volumes.TryGetValue(WriteCache.VolumeOf(key), out Volume? v) ? v : null;
 
     /// <summary>Reads a stored chunk and compares it with <paramref name="data"/>; a read or CRC failure is a mismatch.</summary>
-    private bool VerifyStoredChunk(uint location, uint crc, ReadOnlySpan<byte> data)
+    private bool VerifyStoredChunk(uint id, uint location, uint crc, ReadOnlySpan<byte> data)
     {
         Span<byte> stored = _verifyBuffer.Span;
+        // The read cache holds the chunk's stored bytes (already CRC-checked): compare in memory.
+        lock (_sync)
+        {
+            if (_chunkCache.TryCopy(id, 0, stored)) return stored.SequenceEqual(data);
+        }
         try
         {
             _device.Read(Superblock.BlockOffset(location), stored);

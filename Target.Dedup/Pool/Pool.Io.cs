@@ -16,6 +16,14 @@ public sealed partial class Pool
     /// <summary>Blocks read with one device request at most (1 MiB): runs of chunks that lie next to each other in the log.</summary>
     private const int MaxReadRunBlocks = 256;
 
+    private readonly ChunkCache _chunkCache;
+
+    /// <summary>
+    /// Held (read side) from looking up a chunk's location to the end of the device read, so a
+    /// segment is never handed back for reuse while a read of it is in flight. Lock order: gate, then _sync.
+    /// </summary>
+    private readonly ReaderWriterLockSlim _reuseGate = new(LockRecursionPolicy.SupportsRecursion);
+
     [ThreadStatic] private static AlignedBuffer? t_readBuffer;
     [ThreadStatic] private static ReadPlan? t_readPlan;
 
@@ -24,6 +32,7 @@ public sealed partial class Pool
     /// <summary>Per-thread scratch for one window of a read: where each block's bytes come from.</summary>
     private sealed class ReadPlan
     {
+        public readonly uint[] Id = new uint[MaxReadRunBlocks];
         public readonly uint[] Location = new uint[MaxReadRunBlocks];
         public readonly uint[] Crc = new uint[MaxReadRunBlocks];
         public readonly int[] DestinationOffset = new int[MaxReadRunBlocks];
@@ -57,10 +66,12 @@ public sealed partial class Pool
                 int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
                 if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
                     _cache.Data(page).Slice(inChunk, n).CopyTo(destination.Slice(done, n));
-                else if (volume.State.Map.Get(block) < ChunkTable.FirstChunkId)
-                    destination.Slice(done, n).Clear();
                 else
-                    return false;
+                {
+                    uint id = volume.State.Map.Get(block);
+                    if (id < ChunkTable.FirstChunkId) destination.Slice(done, n).Clear();
+                    else if (!_chunkCache.TryCopy(id, inChunk, destination.Slice(done, n))) return false;
+                }
                 done += n;
             }
             return true;
@@ -69,6 +80,25 @@ public sealed partial class Pool
 
     /// <summary>Reads synchronously: cache, map, then the device, coalescing chunks that are adjacent in the log into one read.</summary>
     internal void Read(Volume volume, long offset, Span<byte> destination)
+    {
+        // A caller holding _sync (compare-and-write) already keeps segments from being reused.
+        if (Monitor.IsEntered(_sync))
+        {
+            ReadGuarded(volume, offset, destination);
+            return;
+        }
+        _reuseGate.EnterReadLock();
+        try
+        {
+            ReadGuarded(volume, offset, destination);
+        }
+        finally
+        {
+            _reuseGate.ExitReadLock();
+        }
+    }
+
+    private void ReadGuarded(Volume volume, long offset, Span<byte> destination)
     {
         ReadPlan plan = t_readPlan ??= new ReadPlan();
         int done = 0;
@@ -95,9 +125,10 @@ public sealed partial class Pool
                         {
                             destination.Slice(done, n).Clear();
                         }
-                        else
+                        else if (!_chunkCache.TryCopy(id, inChunk, destination.Slice(done, n)))
                         {
                             ChunkEntry e = _state.Chunks[id];
+                            plan.Id[planned] = id;
                             plan.Location[planned] = e.Location;
                             plan.Crc[planned] = e.Crc;
                             plan.DestinationOffset[planned] = done;
@@ -120,6 +151,21 @@ public sealed partial class Pool
                     Span<byte> chunk = stored.Slice(k * ChunkBytes, ChunkBytes);
                     CheckStoredCrc(chunk, plan.Location[i + k], plan.Crc[i + k]);
                     chunk.Slice(plan.InChunk[i + k], plan.Length[i + k]).CopyTo(destination.Slice(plan.DestinationOffset[i + k], plan.Length[i + k]));
+                }
+                if (_chunkCache.Slots > 0)
+                {
+                    lock (_sync)
+                    {
+                        for (int k = 0; k < run; k++)
+                        {
+                            // Cache only what is still that chunk's bytes: the id may have been freed and reused meanwhile.
+                            uint id = plan.Id[i + k];
+                            if (!_state.Chunks.IsLive(id)) continue;
+                            ChunkEntry e = _state.Chunks[id];
+                            if (e.Location == plan.Location[i + k] && e.Crc == plan.Crc[i + k])
+                                _chunkCache.Insert(id, stored.Slice(k * ChunkBytes, ChunkBytes));
+                        }
+                    }
                 }
                 i += run;
             }
@@ -297,15 +343,24 @@ public sealed partial class Pool
     /// <summary>Reads a mapped chunk's bytes; the chunk may be freed meanwhile, which the caller detects by re-checking the map.</summary>
     private void ReadMappedChunk(uint id, Span<byte> destination)
     {
-        uint location, crc;
-        lock (_sync)
+        _reuseGate.EnterReadLock();
+        try
         {
-            if (!_state.Chunks.IsLive(id)) { destination.Clear(); return; }
-            ChunkEntry e = _state.Chunks[id];
-            location = e.Location;
-            crc = e.Crc;
+            uint location, crc;
+            lock (_sync)
+            {
+                if (!_state.Chunks.IsLive(id)) { destination.Clear(); return; }
+                if (_chunkCache.TryCopy(id, 0, destination)) return;
+                ChunkEntry e = _state.Chunks[id];
+                location = e.Location;
+                crc = e.Crc;
+            }
+            ReadStored(location, crc).CopyTo(destination);
         }
-        ReadStored(location, crc).CopyTo(destination);
+        finally
+        {
+            _reuseGate.ExitReadLock();
+        }
     }
 
     /// <summary>Trim (value 0) or write-zeroes (0 or 1) of a byte range: partial chunks are zero-filled through the cache; whole chunks become one journalled map range.</summary>

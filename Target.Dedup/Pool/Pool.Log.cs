@@ -340,21 +340,31 @@ public sealed partial class Pool
         // Metadata changes only under the commit mutex, which the caller holds, so the state is
         // still while it is written; reads and cache writes go on meanwhile.
         Checkpoint.Write(Checkpoint.PathOf(_options.Directory, slot), seq, _poolTag, position, _state, segments);
-        lock (_sync)
+        // Quarantined segments become reusable: wait out every device read that may have looked
+        // up a location in one of them (readers hold the gate from lookup to the end of the read).
+        _reuseGate.EnterWriteLock();
+        try
         {
-            _checkpointSeq = seq;
-            _journalBytesSinceCheckpoint = 0;
-            foreach (uint s in _quarantine) { _segments[s] = SegmentState.Free; _freeSegments.Push(s); }
-            _quarantine.Clear();
-            foreach (uint s in nowDead) { _segments[s] = SegmentState.Quarantined; _quarantine.Add(s); }
-            if (next != _nextSegment)
+            lock (_sync)
             {
-                uint[] free = _freeSegments.Where(s => s != next).Reverse().ToArray();
-                _freeSegments.Clear();
-                foreach (uint s in free) _freeSegments.Push(s);
-                _segments[next] = SegmentState.Used;
-                _nextSegment = next;
+                _checkpointSeq = seq;
+                _journalBytesSinceCheckpoint = 0;
+                foreach (uint s in _quarantine) { _segments[s] = SegmentState.Free; _freeSegments.Push(s); }
+                _quarantine.Clear();
+                foreach (uint s in nowDead) { _segments[s] = SegmentState.Quarantined; _quarantine.Add(s); }
+                if (next != _nextSegment)
+                {
+                    uint[] free = _freeSegments.Where(s => s != next).Reverse().ToArray();
+                    _freeSegments.Clear();
+                    foreach (uint s in free) _freeSegments.Push(s);
+                    _segments[next] = SegmentState.Used;
+                    _nextSegment = next;
+                }
             }
+        }
+        finally
+        {
+            _reuseGate.ExitWriteLock();
         }
     }
 

@@ -48,6 +48,8 @@ public sealed partial class Pool : IAsyncDisposable
         _cache = new WriteCache((int)Math.Max(64, options.CacheBytes / ChunkBytes));
         _logBuffer = new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes);
         _verifyBuffer = new AlignedBuffer(ChunkBytes);
+        _chunkCache = new ChunkCache(options.ReadCacheBytes);
+        _state.ChunkFreed = _chunkCache.Remove;
     }
 
     public Guid Uuid => _super.PoolUuid;
@@ -346,6 +348,10 @@ public sealed partial class Pool : IAsyncDisposable
                 SegmentsFree = _freeSegments.Count,
                 SegmentsUsed = usedSegments,
                 SegmentsQuarantined = _quarantine.Count,
+                ReadCacheBytes = (long)_chunkCache.Slots * ChunkBytes,
+                ReadCacheChunks = _chunkCache.Count,
+                ReadCacheHits = _chunkCache.Hits,
+                ReadCacheMisses = _chunkCache.Misses,
                 LiveBytes = unique * ChunkBytes,
                 DeadBytes = deadBlocks * ChunkBytes,
                 GcBytesMoved = _gcBytesMoved,
@@ -409,6 +415,7 @@ public sealed partial class Pool : IAsyncDisposable
         _cache.Dispose();
         _logBuffer.Dispose();
         _verifyBuffer.Dispose();
+        _chunkCache.Dispose();
     }
 
     private static long NowMs() => Environment.TickCount64;

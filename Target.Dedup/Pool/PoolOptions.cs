@@ -25,6 +25,9 @@ public sealed record PoolOptions
     /// <summary>Memory for dirty pages of the write cache.</summary>
     public long CacheBytes { get; init; } = 256L << 20;
 
+    /// <summary>Memory for the read cache of clean stored chunks (keyed by chunk id, so shared chunks are cached once). 0 disables it.</summary>
+    public long ReadCacheBytes { get; init; } = 256L << 20;
+
     /// <summary>Dirty pages older than this are destaged by the timer.</summary>
     public int DirtyAgeMaxMs { get; init; } = 1000;
 

@@ -55,6 +55,10 @@ public sealed record PoolStats
     public long HostBytesWritten { get; init; }
     /// <summary>Bytes written to the back-end log (data, journal headers, cleaner moves; checkpoints not counted).</summary>
     public long DeviceBytesWritten { get; init; }
+    public long ReadCacheBytes { get; init; }
+    public long ReadCacheChunks { get; init; }
+    public long ReadCacheHits { get; init; }
+    public long ReadCacheMisses { get; init; }
     /// <summary>DeviceBytesWritten / HostBytesWritten (0 before any write).</summary>
     public double WriteAmplification { get; init; }
     public required IReadOnlyList<VolumeStats> Volumes { get; init; }

@@ -1,0 +1,89 @@
+// A read cache of clean stored chunks, keyed by chunk id (so a chunk shared by many blocks or
+// volumes is cached once). CLOCK replacement over one native slab. Called with the pool lock
+// held. Invariant: an entry's bytes are the chunk's stored bytes; an id leaves the cache when
+// its chunk is freed (ids are reused), and the cleaner's moves do not change bytes.
+using System.Runtime.InteropServices;
+
+namespace Target.Dedup.Engine;
+
+internal sealed unsafe class ChunkCache : IDisposable
+{
+    private const int PageBytes = 4096;
+    private const uint Empty = 0;
+
+    private byte* _slab;
+    private readonly uint[] _idOf;
+    private readonly bool[] _referenced;
+    private readonly Dictionary<uint, int> _slotOf;
+    private int _hand;
+
+    public ChunkCache(long bytes)
+    {
+        Slots = (int)Math.Min(int.MaxValue / 2, Math.Max(0, bytes / PageBytes));
+        _idOf = new uint[Slots];
+        _referenced = new bool[Slots];
+        _slotOf = new Dictionary<uint, int>(Slots);
+        if (Slots > 0) _slab = (byte*)NativeMemory.Alloc((nuint)Slots * PageBytes);
+    }
+
+    public int Slots { get; }
+
+    public long Hits { get; private set; }
+
+    public long Misses { get; private set; }
+
+    public int Count => _slotOf.Count;
+
+    public bool TryCopy(uint id, int offset, Span<byte> destination)
+    {
+        if (Slots == 0 || !_slotOf.TryGetValue(id, out int slot))
+        {
+            Misses++;
+            return false;
+        }
+        Hits++;
+        _referenced[slot] = true;
+        new ReadOnlySpan<byte>(_slab + (long)slot * PageBytes + offset, destination.Length).CopyTo(destination);
+        return true;
+    }
+
+    public bool Contains(uint id) => _slotOf.ContainsKey(id);
+
+    public void Insert(uint id, ReadOnlySpan<byte> chunk)
+    {
+        if (Slots == 0 || _slotOf.ContainsKey(id)) return;
+        int slot = Victim();
+        if (_idOf[slot] != Empty) _slotOf.Remove(_idOf[slot]);
+        _idOf[slot] = id;
+        _referenced[slot] = false;
+        _slotOf.Add(id, slot);
+        chunk.CopyTo(new Span<byte>(_slab + (long)slot * PageBytes, PageBytes));
+    }
+
+    public void Remove(uint id)
+    {
+        if (Slots == 0 || !_slotOf.Remove(id, out int slot)) return;
+        _idOf[slot] = Empty;
+        _referenced[slot] = false;
+    }
+
+    private int Victim()
+    {
+        while (true)
+        {
+            int slot = _hand;
+            _hand = _hand + 1 == Slots ? 0 : _hand + 1;
+            if (_idOf[slot] == Empty || !_referenced[slot]) return slot;
+            _referenced[slot] = false;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_slab != null)
+        {
+            NativeMemory.Free(_slab);
+            _slab = null;
+        }
+    }
+}
