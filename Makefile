@@ -1,6 +1,6 @@
 # Target: user-space deduplicating block storage controller.
 #   make build       build the solution (Release) and publish a runnable bin/target
-#   make run         serve vol0 (10 GiB) from ./data over NBD 127.0.0.1:10809, admin on 127.0.0.1:9810
+#   make run         serve vol0 (10 GiB) from ./data over NBD 127.0.0.1:10809 and iSCSI 127.0.0.1:3260, admin on 127.0.0.1:9810
 #   make test        install missing test tools, build, run every test
 #   make crash-test  the crash tests only, with many more iterations
 #   make bench       side-by-side benchmarks (tools/bench/compare.sh)
@@ -17,6 +17,7 @@ POOL      ?= ./data
 POOL_SIZE ?= 4G
 VOLUME    ?= vol0:10G
 NBD       ?= 127.0.0.1:10809
+ISCSI     ?= 127.0.0.1:3260
 ADMIN     ?= 127.0.0.1:9810
 WRITE_MODE ?= 1way-wb
 
@@ -61,7 +62,7 @@ build:
 
 run: build
 	bin/target serve --pool $(POOL) --pool-size $(POOL_SIZE) --volume $(VOLUME) \
-		--nbd $(NBD) --admin $(ADMIN) --write-mode $(WRITE_MODE)
+		--nbd $(NBD) --iscsi $(ISCSI) --admin $(ADMIN) --write-mode $(WRITE_MODE)
 
 test: deps build
 	log=$$(mktemp /tmp/target-test-XXXXXX.log); \

@@ -6,6 +6,7 @@
 #   nbdfuse       nbdfuse (its own package on later Debian releases)
 #   nbdkit        peer NBD server for benchmarks
 #   qemu-utils    qemu-img, qemu-io, qemu-nbd
+#   qemu-block-extra  qemu-img's iscsi:// driver
 #   libiscsi-bin  iscsi-ls, iscsi-inq, iscsi-perf
 #   tgt           tgtd, peer iSCSI target for benchmarks
 #   xxhash        xxhsum (reference XXH3 values)
@@ -15,9 +16,9 @@ set -euo pipefail
 
 # package -> a command it provides. A package counts as present when dpkg says it is installed
 # or its command is on the PATH (nbdfuse ships inside libnbd-bin on Debian 12).
-packages=(fio libnbd-bin nbdfuse nbdkit qemu-utils libiscsi-bin tgt xxhash e2fsprogs fuse3)
+packages=(fio libnbd-bin nbdfuse nbdkit qemu-utils qemu-block-extra libiscsi-bin tgt xxhash e2fsprogs fuse3)
 declare -A commands=(
-  [fio]=fio [libnbd-bin]=nbdinfo [nbdfuse]=nbdfuse [nbdkit]=nbdkit [qemu-utils]=qemu-img
+  [fio]=fio [libnbd-bin]=nbdinfo [nbdfuse]=nbdfuse [nbdkit]=nbdkit [qemu-utils]=qemu-img [qemu-block-extra]=/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so
   [libiscsi-bin]=iscsi-ls [tgt]=tgtd [xxhash]=xxhsum [e2fsprogs]=mkfs.ext4 [fuse3]=fusermount3
 )
 # Where a package does not exist in this release, the one that carries its command instead.

@@ -77,6 +77,14 @@ public sealed partial class TargetProcess : IAsyncDisposable
 
     public IPEndPoint AdminEndPoint { get; private set; } = null!;
 
+    /// <summary>The iSCSI portal (the process always listens on a free loopback port for iSCSI too).</summary>
+    public IPEndPoint IscsiEndPoint { get; private set; } = null!;
+
+    /// <summary>libiscsi / QEMU URL of a volume's LUN 0: iscsi://HOST:PORT/iqn.2026-11.io.target:VOLUME/0.</summary>
+    public string IscsiUri(string volume = "vol0") => $"iscsi://{IscsiEndPoint}/{IscsiTargetName(volume)}/0";
+
+    public static string IscsiTargetName(string volume) => "iqn.2026-11.io.target:" + volume;
+
     public string AdminAddress => AdminEndPoint.ToString();
 
     public Uri AdminUri => new($"http://{AdminEndPoint}/");
@@ -111,7 +119,7 @@ public sealed partial class TargetProcess : IAsyncDisposable
         if (IsRunning)
             throw new InvalidOperationException("target is still running");
 
-        var args = new List<string> { "serve", "--pool", PoolDirectory, "--pool-size", _options.PoolSize, "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0" };
+        var args = new List<string> { "serve", "--pool", PoolDirectory, "--pool-size", _options.PoolSize, "--nbd", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--iscsi", "127.0.0.1:0" };
         foreach (string volume in _options.Volumes)
             args.AddRange(["--volume", volume]);
         if (_options.WriteMode is not null)
@@ -143,7 +151,8 @@ public sealed partial class TargetProcess : IAsyncDisposable
         Dictionary<string, string> listeners = ParseListening(line);
         NbdEndPoint = IPEndPoint.Parse(listeners["nbd"]);
         AdminEndPoint = IPEndPoint.Parse(listeners["admin"]);
-        Tool.Log(_output, $"target pid {process.Id} nbd={NbdEndPoint} admin={AdminEndPoint} pool={PoolDirectory}");
+        IscsiEndPoint = IPEndPoint.Parse(listeners["iscsi"]);
+        Tool.Log(_output, $"target pid {process.Id} nbd={NbdEndPoint} iscsi={IscsiEndPoint} admin={AdminEndPoint} pool={PoolDirectory}");
     }
 
     /// <summary>Parses "listening nbd=127.0.0.1:1234 admin=127.0.0.1:5678" (anywhere in a log line).</summary>

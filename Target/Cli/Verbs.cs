@@ -2,7 +2,7 @@ using CommandLine;
 
 namespace Target.Cli;
 
-[Verb("serve", HelpText = "Run the controller: open (or create) a pool, serve its volumes over NBD, and the admin HTTP API.")]
+[Verb("serve", HelpText = "Run the controller: open (or create) a pool, serve its volumes over NBD and iSCSI, and the admin HTTP API.")]
 public sealed class ServeVerb
 {
     [Option("pool", HelpText = "Pool directory (created on first run). Required unless the config file names it.")]
@@ -23,6 +23,12 @@ public sealed class ServeVerb
     [Option("admin", HelpText = "Admin/metrics HTTP listener HOST:PORT, or 'off'. Default 127.0.0.1:9810.")]
     public string? Admin { get; set; }
 
+    [Option("iscsi", HelpText = "iSCSI listener HOST:PORT (each volume is target iqn.2026-11.io.target:VOLUME, LUN 0), or 'off' (default); port 0 picks a free port.")]
+    public string? Iscsi { get; set; }
+
+    [Option("iscsi-portal", HelpText = "HOST:PORT that iSCSI discovery advertises as TargetAddress. Default: the address the initiator connected to.")]
+    public string? IscsiPortal { get; set; }
+
     [Option("no-direct", HelpText = "Open back-end files without O_DIRECT (tmpfs).")]
     public bool NoDirect { get; set; }
 
@@ -31,6 +37,9 @@ public sealed class ServeVerb
 
     [Option("cache", HelpText = "Write cache size (K/M/G). Default 256M.")]
     public string? Cache { get; set; }
+
+    [Option("read-cache", HelpText = "Read cache of clean chunks (K/M/G; 0 disables). Default 256M.")]
+    public string? ReadCache { get; set; }
 
     [Option("config", HelpText = "JSON file with the same settings (camelCase keys); options given here win.")]
     public string? Config { get; set; }

@@ -6,7 +6,8 @@ namespace Target.Config;
 
 /// <summary>
 /// The JSON form of <c>target serve</c>'s settings (--config FILE). Keys are camelCase and match the
-/// long options: pool, poolSize, volumes, nbd, nbdSocket, admin, noDirect, writeMode, cache, logLevel.
+/// long options: pool, poolSize, volumes, nbd, nbdSocket, admin, noDirect, writeMode, cache, logLevel,
+/// iscsi, iscsiPortal, plus iscsiChap / iscsiDiscoveryChap / iscsiInitiators (config file only: secrets stay off the command line).
 /// Sizes are numbers of bytes or strings with K/M/G/T suffixes; volumes are "NAME:SIZE" strings or
 /// {"name", "size", "logicalBlockSize"} objects. Unknown keys are an error (typos should not pass silently).
 /// </summary>
@@ -32,7 +33,24 @@ public sealed class ServeConfigFile
     [JsonConverter(typeof(SizeJsonConverter))]
     public long? Cache { get; set; }
 
+    public long? ReadCache { get; set; }
+
     public string? LogLevel { get; set; }
+
+    /// <summary>iSCSI listener "HOST:PORT" or "off" (default off).</summary>
+    public string? Iscsi { get; set; }
+
+    /// <summary>Portal "HOST:PORT" that iSCSI discovery advertises (default: the address the initiator connected to).</summary>
+    public string? IscsiPortal { get; set; }
+
+    /// <summary>CHAP secrets per volume name ("*" for all volumes).</summary>
+    public Dictionary<string, ChapConfig>? IscsiChap { get; set; }
+
+    /// <summary>CHAP secrets required for iSCSI discovery sessions.</summary>
+    public ChapConfig? IscsiDiscoveryChap { get; set; }
+
+    /// <summary>Initiator names allowed per volume name ("*" for all volumes).</summary>
+    public Dictionary<string, List<string>>? IscsiInitiators { get; set; }
 
     internal static readonly JsonSerializerOptions JsonOptions = new(JsonSerializerDefaults.Web)
     {

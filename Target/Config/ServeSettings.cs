@@ -26,7 +26,16 @@ public sealed record ServeSettings
     public bool NoDirect { get; init; }
     public WriteMode WriteMode { get; init; } = WriteMode.OneWayWriteBack;
     public long CacheBytes { get; init; } = DefaultCacheBytes;
+
+    public const long DefaultReadCacheBytes = 256L << 20;
+
+    public long ReadCacheBytes { get; init; } = DefaultReadCacheBytes;
     public LogLevel LogLevel { get; init; } = LogLevel.Information;
+
+    /// <summary>Null: no iSCSI listener (the default; `make run` passes --iscsi 127.0.0.1:3260).</summary>
+    public IPEndPoint? Iscsi { get; init; }
+
+    public IscsiSettings IscsiOptions { get; init; } = new();
 
     /// <summary>Merges the command line with the config file it names (if any). Throws FormatException on bad input.</summary>
     public static ServeSettings Resolve(ServeVerb cli)
@@ -66,6 +75,10 @@ public sealed record ServeSettings
         if (cacheBytes <= 0)
             throw new FormatException("cache size must be positive");
 
+        long readCacheBytes = cli.ReadCache is not null ? SizeParser.Parse(cli.ReadCache) : file.ReadCache ?? DefaultReadCacheBytes;
+        if (readCacheBytes < 0)
+            throw new FormatException("read cache size must not be negative");
+
         string logLevelText = cli.LogLevel ?? file.LogLevel ?? nameof(LogLevel.Information);
         if (!Enum.TryParse(logLevelText, ignoreCase: true, out LogLevel logLevel) || !Enum.IsDefined(logLevel))
             throw new FormatException($"bad log level '{logLevelText}'");
@@ -81,7 +94,10 @@ public sealed record ServeSettings
             NoDirect = cli.NoDirect || (file.NoDirect ?? false),
             WriteMode = writeMode,
             CacheBytes = cacheBytes,
+            ReadCacheBytes = readCacheBytes,
             LogLevel = logLevel,
+            Iscsi = ParseListener(cli.Iscsi ?? file.Iscsi ?? "off", "iscsi"),
+            IscsiOptions = IscsiSettings.Resolve(cli.IscsiPortal ?? file.IscsiPortal, file.IscsiChap, file.IscsiDiscoveryChap, file.IscsiInitiators),
         };
     }
 

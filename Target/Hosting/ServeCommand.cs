@@ -4,13 +4,14 @@ using Target.Admin;
 using Target.Cli;
 using Target.Config;
 using Target.Dedup;
+using Target.Protocol.Iscsi;
 using Target.Protocol.Nbd;
 
 namespace Target.Hosting;
 
 /// <summary>
-/// <c>target serve</c>: opens the pool, creates the named volumes, starts NBD and the admin API,
-/// prints one machine-readable line <c>listening nbd=HOST:PORT admin=HOST:PORT</c>, and on SIGTERM/SIGINT
+/// <c>target serve</c>: opens the pool, creates the named volumes, starts NBD, iSCSI (--iscsi) and the admin API,
+/// prints one machine-readable line <c>listening nbd=HOST:PORT [iscsi=HOST:PORT] admin=HOST:PORT</c>, and on SIGTERM/SIGINT
 /// stops the listeners and closes the pool (destage + checkpoint).
 /// </summary>
 public static class ServeCommand
@@ -59,11 +60,14 @@ public static class ServeCommand
             NoDirect = settings.NoDirect,
             WriteMode = settings.WriteMode,
             CacheBytes = settings.CacheBytes,
+            ReadCacheBytes = settings.ReadCacheBytes,
             LoggerFactory = loggerFactory,
         });
         int exitCode = 0;
         NbdServer? nbd = null;
         Task? nbdRun = null;
+        IscsiServer? iscsi = null;
+        Task? iscsiRun = null;
         AdminServer? admin = null;
         try
         {
@@ -103,6 +107,15 @@ public static class ServeCommand
                     listening.Add($"nbd-socket={settings.NbdSocket}");
             }
 
+            if (settings.Iscsi is not null)
+            {
+                iscsi = new IscsiServer(new ExportIscsiTargetCatalog(catalog), settings.IscsiOptions.ToServerOptions(settings.PoolDirectory),
+                    loggerFactory.CreateLogger<IscsiServer>());
+                iscsi.ListenTcp(settings.Iscsi);
+                listening.Add($"iscsi={iscsi.BoundEndPoints[0]}");
+                iscsiRun = iscsi.RunAsync(signals.Token);
+            }
+
             if (settings.Admin is not null)
             {
                 admin = await AdminServer.StartAsync(settings.Admin, pool, catalog, settings, loggerFactory, signals.Token).ConfigureAwait(false);
@@ -129,6 +142,24 @@ public static class ServeCommand
             log.LogInformation("stopping listeners");
             if (admin is not null)
                 await admin.DisposeAsync().ConfigureAwait(false);
+            if (iscsi is not null)
+            {
+                if (iscsiRun is not null)
+                {
+                    try
+                    {
+                        await iscsiRun.WaitAsync(s_nbdStopTimeout).ConfigureAwait(false);
+                    }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        log.LogWarning("the iSCSI server did not stop cleanly: {Error}", e.Message);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                    }
+                }
+                await iscsi.DisposeAsync().ConfigureAwait(false);
+            }
             if (nbd is not null)
             {
                 if (nbdRun is not null)
@@ -195,6 +226,13 @@ public static class ServeCommand
             log.LogInformation(
                 "attach with: fio --name=t --ioengine=nbd --uri=nbd://{Nbd}/{Volume} --rw=randwrite --bs=4k --iodepth=32 --size=1G",
                 nbd, volume);
+        }
+        string? iscsi = listening.FirstOrDefault(l => l.StartsWith("iscsi=", StringComparison.Ordinal))?["iscsi=".Length..];
+        if (iscsi is not null)
+        {
+            log.LogInformation("attach with: iscsi-ls -s iscsi://{Iscsi}   iscsi-inq iscsi://{Iscsi}/{Target}/0", iscsi, iscsi, IscsiNames.ForVolume(volume));
+            log.LogInformation("attach with: iscsiadm -m discovery -t st -p {Iscsi} && iscsiadm -m node -T {Target} -p {Iscsi} --login",
+                iscsi, IscsiNames.ForVolume(volume), iscsi);
         }
         if (admin is not null)
             log.LogInformation("stats: target stats --admin {Admin}   metrics: http://{Admin}/metrics", admin, admin);
