@@ -348,6 +348,8 @@ public sealed partial class Pool : IAsyncDisposable
                 SegmentsFree = _freeSegments.Count,
                 SegmentsUsed = usedSegments,
                 SegmentsQuarantined = _quarantine.Count,
+                FillPercent = 100.0 * unique / Math.Max(1, (long)_super.SegmentCount * BlocksPerSegment),
+                FillWarningPercent = _fillWarnedPercent,
                 ReadCacheBytes = (long)_chunkCache.Slots * ChunkBytes,
                 ReadCacheChunks = _chunkCache.Count,
                 ReadCacheHits = _chunkCache.Hits,

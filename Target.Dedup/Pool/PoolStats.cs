@@ -55,6 +55,10 @@ public sealed record PoolStats
     public long HostBytesWritten { get; init; }
     /// <summary>Bytes written to the back-end log (data, journal headers, cleaner moves; checkpoints not counted).</summary>
     public long DeviceBytesWritten { get; init; }
+    /// <summary>Live data as a percentage of capacity.</summary>
+    public double FillPercent { get; init; }
+    /// <summary>The highest fill-warning threshold crossed (0 when none).</summary>
+    public int FillWarningPercent { get; init; }
     public long ReadCacheBytes { get; init; }
     public long ReadCacheChunks { get; init; }
     public long ReadCacheHits { get; init; }

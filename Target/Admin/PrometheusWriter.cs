@@ -42,6 +42,10 @@ public static class PrometheusWriter
             Counter(text, "target_pool_host_written_bytes_total", "Bytes written by hosts, before dedup.", pool.HostBytesWritten);
             Counter(text, "target_pool_device_written_bytes_total", "Bytes written to the back-end log.", pool.DeviceBytesWritten);
             Gauge(text, "target_pool_write_amplification", "Device bytes written / host bytes written.", pool.WriteAmplification);
+            Gauge(text, "target_pool_fill_percent", "Live data as a percentage of capacity.", pool.FillPercent);
+            Gauge(text, "target_pool_fill_warning_percent", "Highest fill-warning threshold crossed (0: none).", pool.FillWarningPercent);
+            Counter(text, "target_pool_read_cache_hits_total", "Reads of stored chunks served from the read cache.", pool.ReadCacheHits);
+            Counter(text, "target_pool_read_cache_misses_total", "Reads of stored chunks that went to the device.", pool.ReadCacheMisses);
             Gauge(text, "target_pool_last_recovery_seconds", "Duration of the last recovery.", pool.LastRecoveryMs / 1000.0);
 
             Header(text, "target_volume_size_bytes", "Logical size of the volume.", "gauge");
