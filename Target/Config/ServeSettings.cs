@@ -27,7 +27,7 @@ public sealed record ServeSettings
     public WriteMode WriteMode { get; init; } = WriteMode.OneWayWriteBack;
     public long CacheBytes { get; init; } = DefaultCacheBytes;
 
-    public const long DefaultReadCacheBytes = 256L << 20;
+    public const long DefaultReadCacheBytes = 1L << 30;
 
     public long ReadCacheBytes { get; init; } = DefaultReadCacheBytes;
     public LogLevel LogLevel { get; init; } = LogLevel.Information;
