@@ -83,7 +83,9 @@ public sealed partial class Pool
                 {
                     if (_cache.QueuedPages >= HighWatermarkPages) draining = true;
                     if (_cache.QueuedPages <= LowWatermarkPages) draining = false;
-                    urgent = draining || WaitersPendingLocked();
+                    // Under space pressure, drain: an overwritten block whose new version waits in the
+                    // cache keeps its old chunk live, and the cleaner would copy it for nothing.
+                    urgent = draining || WaitersPendingLocked() || _freeSegments.Count < 2 * FreeSegmentsTarget;
                     aged = _cache.TryPeek(out _, out _, out long since) && NowMs() - since >= _options.DirtyAgeMaxMs;
                     if (!urgent && !aged && _cache.QueuedPages == 0) AdvanceCommittedLocked(_cache.LastTicket);
                 }
@@ -181,7 +183,8 @@ public sealed partial class Pool
         long now = NowMs();
         lock (_sync)
         {
-            while (count < MaxBatchBlocks && _cache.TryPeek(out int page, out long ticket, out long since))
+            int room = DataRoomLocked();
+            while (count < room && _cache.TryPeek(out int page, out long ticket, out long since))
             {
                 if (onlyAged && now - since < _options.DirtyAgeMaxMs) break;
                 long pageKey = _cache.Key(page);

@@ -42,8 +42,14 @@ public sealed partial class Pool
     private int _fillWarnedPercent;
     private long _lastHostWriteMs;
 
-    /// <summary>Free segments the cleaner keeps in hand: 15% of the pool, at least 4.</summary>
-    private int FreeSegmentsTarget => Math.Max(4, (int)(_super.SegmentCount * 15 / 100));
+    /// <summary>Free segments the cleaner keeps in hand: 2% of the pool, at least 4. Kept small: every
+    /// segment held free raises the live fraction of the others, and so the cost of cleaning them.</summary>
+    private int FreeSegmentsTarget => Math.Max(4, (int)(_super.SegmentCount * 2 / 100));
+
+    /// <summary>Dead segments gathered before a checkpoint hands them back (checkpoints cost a full metadata write).</summary>
+    private int CheckpointBatchSegments => Math.Max(2, (int)(_super.SegmentCount / 64));
+
+    private readonly List<uint> _victimChunks = new();
 
     private void StartCleaner()
     {
@@ -103,7 +109,9 @@ public sealed partial class Pool
             dead = CountDeadSegmentsLocked();
             victim = PickVictimLocked(free);
         }
-        if (dead + quarantined > 0)
+        bool checkpointDue = dead + quarantined >= CheckpointBatchSegments
+            || (dead + quarantined > 0 && (free < 2 || victim == BatchHeader.NoSegment));
+        if (checkpointDue)
         {
             // Dead segments come back through checkpoints: quarantined ones now, dead ones at the next.
             await _commit.WaitAsync(_stop.Token).ConfigureAwait(false);
@@ -162,7 +170,8 @@ public sealed partial class Pool
         double bestScore = 0;
         for (uint s = 0; s < _segments.Length; s++)
         {
-            if (_segments[s] != SegmentState.Used || s == _headSegment || s == _nextSegment) continue;
+            // Dead segments (nothing live) need only a checkpoint, not cleaning.
+            if (_segments[s] != SegmentState.Used || s == _headSegment || s == _nextSegment || _state.SegmentLive[s] == 0) continue;
             double u = (double)_state.SegmentLive[s] / BlocksPerSegment;
             if (u > maxUtilization) continue;
             double age = 1 + (now - _segmentSealedMs[s]);
@@ -172,7 +181,7 @@ public sealed partial class Pool
         return best;
     }
 
-    /// <summary>Moves up to one batch of a victim's live chunks to the head. Caller holds the commit mutex.</summary>
+    /// <summary>Moves all of a victim's live chunks to the head, a batch at a time. Caller holds the commit mutex.</summary>
     private bool CleanSegmentLocked(uint victim)
     {
         long start = Stopwatch.GetTimestamp();
@@ -180,30 +189,41 @@ public sealed partial class Pool
         Span<byte> segmentData = _cleanerBuffer!.Span;
         _device.Read(_super.SegmentOffset(victim), segmentData);
 
-        Span<byte> dataArea = _logBuffer.Slice(MaxHeaderBlocks * ChunkBytes, MaxBatchBlocks * ChunkBytes);
-        _logBuffer.Slice(0, MaxHeaderBlocks * ChunkBytes).Clear();
-        var writer = new RecordWriter(_logBuffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
-        int moved = 0;
-        bool corrupt = false;
-        ChunkTable chunks = _state.Chunks;
         // Metadata changes only under the commit mutex, which we hold: the chunk table is still.
-        for (uint id = ChunkTable.FirstChunkId; id < chunks.HighWater && moved < MaxBatchBlocks; id++)
+        ChunkTable chunks = _state.Chunks;
+        _victimChunks.Clear();
+        for (uint id = ChunkTable.FirstChunkId; id < chunks.HighWater; id++)
         {
             ChunkEntry e = chunks[id];
-            if (e.RefCount == 0 || e.Location < first || e.Location >= end) continue;
-            ReadOnlySpan<byte> data = segmentData.Slice((int)(e.Location - first) * ChunkBytes, ChunkBytes);
-            if (Crc32C.Compute(data) != e.Crc)
-            {
-                if (!corrupt) _log.LogError("cleaner: chunk {Id} at block {Location} fails its CRC; segment {Segment} is kept", id, e.Location, victim);
-                corrupt = true;
-                continue;
-            }
-            data.CopyTo(dataArea.Slice(moved * ChunkBytes, ChunkBytes));
-            writer.MoveChunk(id, moved);
-            moved++;
+            if (e.RefCount != 0 && e.Location >= first && e.Location < end) _victimChunks.Add(id);
         }
-        if (moved > 0)
+
+        Span<byte> dataArea = _logBuffer.Slice(MaxHeaderBlocks * ChunkBytes, MaxBatchBlocks * ChunkBytes);
+        bool corrupt = false;
+        int next = 0;
+        while (next < _victimChunks.Count)
         {
+            _logBuffer.Slice(0, MaxHeaderBlocks * ChunkBytes).Clear();
+            var writer = new RecordWriter(_logBuffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
+            int moved = 0;
+            int room;
+            lock (_sync) room = DataRoomLocked();
+            for (; next < _victimChunks.Count && moved < room; next++)
+            {
+                uint id = _victimChunks[next];
+                ChunkEntry e = chunks[id];
+                ReadOnlySpan<byte> data = segmentData.Slice((int)(e.Location - first) * ChunkBytes, ChunkBytes);
+                if (Crc32C.Compute(data) != e.Crc)
+                {
+                    if (!corrupt) _log.LogError("cleaner: chunk {Id} at block {Location} fails its CRC; segment {Segment} is kept", id, e.Location, victim);
+                    corrupt = true;
+                    continue;
+                }
+                data.CopyTo(dataArea.Slice(moved * ChunkBytes, ChunkBytes));
+                writer.MoveChunk(id, moved);
+                moved++;
+            }
+            if (moved == 0) break;
             WriteBatch(writer.Length, moved, metadataOnly: true);
             _gcBytesMoved += (long)moved * ChunkBytes;
         }

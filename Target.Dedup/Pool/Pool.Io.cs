@@ -330,7 +330,9 @@ public sealed partial class Pool
                     return;
                 }
                 // No space: wait while the cleaner (or destage of dedupable pages) can give some back.
-                if (!SpaceReclaimableLocked()) throw new NoSpaceException($"pool {Uuid} is full");
+                // Dirty pages hold a worst-case reservation (a data block and a whole header block
+                // each); destaging them gives back what they do not use, so wait for that too.
+                if (!SpaceReclaimableLocked() && _reservedBlocks == 0) throw new NoSpaceException($"pool {Uuid} is full");
                 if (spaceDeadline == 0) spaceDeadline = NowMs() + SpaceWaitMaxMs;
                 else if (NowMs() > spaceDeadline) throw new NoSpaceException($"pool {Uuid} is full (the cleaner freed no space in {SpaceWaitMaxMs / 1000} s)");
             }

@@ -47,6 +47,20 @@ public sealed partial class Pool
         return blocks;
     }
 
+    /// <summary>A batch that would leave fewer blocks than this at the end of a segment moves on instead.</summary>
+    private const int MinDataRoomBlocks = 16;
+
+    /// <summary>
+    /// Data blocks the next batch may carry so that it still fits in the head segment: batches are
+    /// cut to the room left rather than leaving the segment's tail unused (a 1 MiB batch and its
+    /// header would otherwise waste up to a quarter of each 4 MiB segment).
+    /// </summary>
+    private int DataRoomLocked()
+    {
+        int room = BlocksPerSegment - (int)_headOffsetBlocks - MaxHeaderBlocks;
+        return room < MinDataRoomBlocks ? MaxBatchBlocks : Math.Min(MaxBatchBlocks, room);
+    }
+
     /// <summary>Blocks kept back for metadata-only batches (trim, delete) so a full pool can still free space.</summary>
     private long MetadataReserveBlocks => BlocksPerSegment / 2;
 
