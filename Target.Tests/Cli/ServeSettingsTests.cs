@@ -25,6 +25,23 @@ public sealed class ServeSettingsTests
     }
 
     [Fact]
+    public void Device_read_cache_and_fill_warnings_are_parsed_and_checked()
+    {
+        ServeSettings s = ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p", Device = "/dev/vdb", ReadCache = "0", FillWarnings = "70, 85,99" }, new ServeConfigFile());
+        Assert.Equal("/dev/vdb", s.Device);
+        Assert.Equal(0, s.ReadCacheBytes);
+        Assert.Equal([70, 85, 99], s.FillWarningPercents);
+
+        ServeSettings defaults = ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p" }, new ServeConfigFile());
+        Assert.Null(defaults.Device);
+        Assert.Equal(1L << 30, defaults.ReadCacheBytes);
+        Assert.Equal([80, 90, 95], defaults.FillWarningPercents);
+
+        Assert.Throws<FormatException>(() => ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p", FillWarnings = "80,101" }, new ServeConfigFile()));
+        Assert.Throws<FormatException>(() => ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p", FillWarnings = "eighty" }, new ServeConfigFile()));
+    }
+
+    [Fact]
     public void Command_line_options_are_parsed()
     {
         var cli = new ServeVerb

@@ -11,6 +11,12 @@ public sealed class ServeVerb
     [Option("pool-size", HelpText = "Back-end space to preallocate when the pool is created (K/M/G/T). Default 4G.")]
     public string? PoolSize { get; set; }
 
+    [Option("device", HelpText = "At pool creation: a block device (or file) to hold the pool's data instead of a file in the pool directory.")]
+    public string? Device { get; set; }
+
+    [Option("fill-warnings", HelpText = "Live-data fill percentages that log a warning once crossed, comma-separated. Default 80,90,95.")]
+    public string? FillWarnings { get; set; }
+
     [Option("volume", HelpText = "NAME:SIZE[:BLOCK] volume to create if missing (repeatable).")]
     public IEnumerable<string> Volumes { get; set; } = [];
 

@@ -35,6 +35,10 @@ public sealed class ServeConfigFile
 
     public long? ReadCache { get; set; }
 
+    public string? Device { get; set; }
+
+    public int[]? FillWarnings { get; set; }
+
     public string? LogLevel { get; set; }
 
     /// <summary>iSCSI listener "HOST:PORT" or "off" (default off).</summary>

@@ -15,6 +15,11 @@ public sealed record ServeSettings
 
     public required string PoolDirectory { get; init; }
     public long PoolSizeBytes { get; init; } = DefaultPoolSizeBytes;
+
+    /// <summary>A block device (or file) for the pool's data, used when the pool is created.</summary>
+    public string? Device { get; init; }
+
+    public int[] FillWarningPercents { get; init; } = [80, 90, 95];
     public IReadOnlyList<VolumeSpec> Volumes { get; init; } = [];
 
     /// <summary>Null: no NBD TCP listener.</summary>
@@ -87,6 +92,8 @@ public sealed record ServeSettings
         {
             PoolDirectory = Path.GetFullPath(pool),
             PoolSizeBytes = poolSizeBytes,
+            Device = cli.Device ?? file.Device,
+            FillWarningPercents = ParseFillWarnings(cli.FillWarnings) ?? file.FillWarnings ?? [80, 90, 95],
             Volumes = volumes,
             Nbd = ParseListener(cli.Nbd ?? file.Nbd ?? DefaultNbd, "nbd"),
             NbdSocket = cli.NbdSocket ?? file.NbdSocket,
@@ -99,6 +106,19 @@ public sealed record ServeSettings
             Iscsi = ParseListener(cli.Iscsi ?? file.Iscsi ?? "off", "iscsi"),
             IscsiOptions = IscsiSettings.Resolve(cli.IscsiPortal ?? file.IscsiPortal, file.IscsiChap, file.IscsiDiscoveryChap, file.IscsiInitiators),
         };
+    }
+
+    private static int[]? ParseFillWarnings(string? text)
+    {
+        if (text is null) return null;
+        var percents = new List<int>();
+        foreach (string part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!int.TryParse(part, out int p) || p < 1 || p > 100)
+                throw new FormatException($"bad fill warning '{part}': percentages 1-100, comma-separated");
+            percents.Add(p);
+        }
+        return percents.ToArray();
     }
 
     private static IPEndPoint? ParseListener(string text, string what)

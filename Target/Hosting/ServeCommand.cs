@@ -57,6 +57,8 @@ public static class ServeCommand
         {
             Directory = settings.PoolDirectory,
             CreateSizeBytes = settings.PoolSizeBytes,
+            DevicePaths = settings.Device is null ? null : [settings.Device],
+            FillWarningPercents = settings.FillWarningPercents,
             NoDirect = settings.NoDirect,
             WriteMode = settings.WriteMode,
             CacheBytes = settings.CacheBytes,
