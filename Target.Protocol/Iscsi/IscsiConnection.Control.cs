@@ -274,31 +274,42 @@ internal sealed partial class IscsiConnection
             case IscsiTaskFunction.AbortTask:
                 {
                     IscsiTask? task = FindTask(referencedTag);
-                    if (task is null || task.Dropped)
-                    {
-                        // RFC 7143 11.5.1: a task already answered (its CmdSN is below this request's) counts as done.
-                        bool seen = SerialLess(referencedCmdSn, header.CmdSn) || (header.Immediate && SerialLess(referencedCmdSn, _expCmdSn));
-                        response = seen ? IscsiTaskResponse.FunctionComplete : IscsiTaskResponse.TaskDoesNotExist;
-                    }
-                    else if (task.Lun != lun)
-                    {
-                        response = IscsiTaskResponse.TaskDoesNotExist;
-                    }
-                    else
+                    if (task is not null && !task.Dropped && task.Lun == lun && task.TryClaimForAbort())
                     {
                         aborted.Add(task);
                         response = IscsiTaskResponse.FunctionComplete;
                     }
+                    else if (task is null && !SerialLess(referencedCmdSn, _expCmdSn) && SerialLess(referencedCmdSn, header.CmdSn))
+                    {
+                        // RFC 7143 11.5.1 b): a command not received yet (inside the window, before this
+                        // request) is considered received and done.
+                        response = IscsiTaskResponse.FunctionComplete;
+                    }
+                    else
+                    {
+                        // Not found, or its response is already on its way: the task completed.
+                        response = IscsiTaskResponse.TaskDoesNotExist;
+                    }
                     break;
                 }
             case IscsiTaskFunction.AbortTaskSet:
-            case IscsiTaskFunction.ClearTaskSet:
                 if (lun != 0)
                 {
                     response = IscsiTaskResponse.LunDoesNotExist;
                     break;
                 }
                 CollectTasks(aborted);
+                response = IscsiTaskResponse.FunctionComplete;
+                break;
+            case IscsiTaskFunction.ClearTaskSet:
+                if (lun != 0)
+                {
+                    response = IscsiTaskResponse.LunDoesNotExist;
+                    break;
+                }
+                // One shared task set per logical unit: every session's tasks go (SAM-5 7.4).
+                CollectTasks(aborted);
+                AbortOtherSessions(Asc.CommandsClearedByAnotherInitiator);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.LogicalUnitReset:
@@ -308,17 +319,24 @@ internal sealed partial class IscsiConnection
                     break;
                 }
                 CollectTasks(aborted);
+                AbortOtherSessions(unitAttention: null);
                 Unit?.Reset(_nexus);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.TargetWarmReset:
             case IscsiTaskFunction.TargetColdReset:
+                // A target is one logical unit here: the reset reaches every session on it.
                 CollectTasks(aborted);
+                AbortOtherSessions(unitAttention: null);
                 Unit?.Reset(_nexus);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.ClearAca:
                 response = IscsiTaskResponse.FunctionComplete;   // NACA is never set: there is no ACA to clear
+                break;
+            case IscsiTaskFunction.ItNexusReset:
+                CollectTasks(aborted);
+                response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.TaskReassign:
                 response = IscsiTaskResponse.ReassignmentNotSupported;
@@ -354,6 +372,44 @@ internal sealed partial class IscsiConnection
         }
     }
 
+    /// <summary>
+    /// Task management that reaches the whole logical unit: the tasks of every other session on it
+    /// are aborted (no response is sent for them; SAM-5 with TAS=0) and, when given, a unit
+    /// attention tells those initiators why.
+    /// </summary>
+    private void AbortOtherSessions(ushort? unitAttention)
+    {
+        if (Unit is null) return;
+        foreach (IscsiConnection other in _server.ConnectionsOf(Unit))
+        {
+            if (ReferenceEquals(other, this)) continue;
+            int count = other.AbortTasksForOtherNexus();
+            if (unitAttention is ushort ua) other._nexus?.PostUnitAttention(ua);
+            if (count > 0)
+                _logger.LogInformation("iscsi {Peer}: {Count} task(s) of session {Tsih} aborted by task management from {Initiator}",
+                    Peer, count, other.Tsih, InitiatorName);
+        }
+    }
+
+    /// <summary>Called from another session's receive loop: marks this session's open tasks aborted (thread-safe).</summary>
+    internal int AbortTasksForOtherNexus()
+    {
+        int count = 0;
+        lock (_taskLock)
+        {
+            foreach (IscsiTask task in _tasks.Values)
+            {
+                if (task.Dropped || task.State == IscsiTaskState.Done || !task.TryClaimForAbort()) continue;
+                task.Aborted = true;
+                task.Dropped = true;
+                count++;
+            }
+        }
+        // Collecting tasks end when their receive loop next looks at them (Execute skips dropped
+        // tasks); executing ones finish in the engine and their responses are dropped.
+        return count;
+    }
+
     /// <summary>The tasks of this session still collecting data or running.</summary>
     private void CollectTasks(List<IscsiTask> into)
     {
@@ -362,7 +418,7 @@ internal sealed partial class IscsiConnection
             foreach (IscsiTask task in _tasks.Values)
             {
                 // Every task in the table arrived before this request (one connection, in order).
-                if (task.Dropped || task.State == IscsiTaskState.Done) continue;
+                if (task.Dropped || task.State == IscsiTaskState.Done || !task.TryClaimForAbort()) continue;
                 into.Add(task);
             }
         }

@@ -481,6 +481,12 @@ internal sealed partial class IscsiConnection
 
     private void Execute(IscsiTask task)
     {
+        if (task.Dropped)
+        {
+            // Aborted by task management (possibly from another session) while collecting data.
+            OnTaskExecuted(task, onReceiveLoop: true);
+            return;
+        }
         task.State = IscsiTaskState.Executing;
         if (task.DataOut is not null) task.DataOutLength = Math.Min(task.ReceivedBytes, task.ExpectedDataTransferLength);
         if (task.Absorbing)
@@ -549,6 +555,17 @@ internal sealed partial class IscsiConnection
             BeginDiscard(dataBytes);
             return;
         }
+
+        // DataPDUInOrder=Yes and DataSequenceInOrder=Yes: Data-Out PDUs of a sequence arrive in order
+        // with DataSN 0, 1, ...; a wrong DataSN at ErrorRecoveryLevel 0 fails the command (the data is dropped).
+        uint dataSn = header.Word36;
+        if (dataSn != task.NextDataSn && !task.Absorbing)
+        {
+            _logger.LogWarning("iscsi {Peer}: Data-Out for task 0x{Itt:x8} with DataSN {DataSn}, expected {Expected}; the command fails",
+                Peer, itt, dataSn, task.NextDataSn);
+            PresetCheckCondition(task, SenseKey.AbortedCommand, Asc.DataPhaseError);
+        }
+        task.NextDataSn = header.Final ? 0 : dataSn + 1;
 
         _payloadFinal = header.Final;
         _payloadSolicited = solicited;

@@ -287,7 +287,7 @@ internal sealed partial class IscsiConnection
     private async ValueTask EmitTaskResponseAsync(IscsiTask task)
     {
         if (!task.ImmediateCommand) Volatile.Write(ref _maxCmdSn, _maxCmdSn + 1);
-        if (task.Dropped || _sendFailed)
+        if (!task.TryClaimForResponse() || task.Dropped || _sendFailed)
         {
             ReleaseTask(task);
             return;
@@ -298,7 +298,22 @@ internal sealed partial class IscsiConnection
         int send = task.ReadExpected ? Math.Min(produced, expected) : 0;
         byte residualFlags = 0;
         uint residual = 0;
-        if (task.ReadExpected || produced > 0)
+        if (task.CommandDataOutBytes >= 0 && produced == 0)
+        {
+            // A write-family command: residual of the data-out the CDB transfers against the EDTL (RFC 7143 11.4.5).
+            long needed = task.CommandDataOutBytes;
+            if (needed > expected)
+            {
+                residualFlags = IscsiFlags.Overflow;
+                residual = (uint)Math.Min(needed - expected, uint.MaxValue);
+            }
+            else if (needed < expected)
+            {
+                residualFlags = IscsiFlags.Underflow;
+                residual = (uint)(expected - needed);
+            }
+        }
+        else if (task.ReadExpected || produced > 0)
         {
             if (produced > expected)
             {

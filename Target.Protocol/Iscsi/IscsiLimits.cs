@@ -46,7 +46,7 @@ public static class IscsiLimits
     /// Largest SCSI data transfer per command (Expected Data Transfer Length). Larger commands are
     /// answered with CHECK CONDITION without soliciting their data.
     /// </summary>
-    public const int MaxTransferBytes = 16 * 1024 * 1024;
+    public const int MaxTransferBytes = 32 * 1024 * 1024;
 
     /// <summary>Receive buffer per connection: any PDU whose data is not received in place fits in it.</summary>
     public const int ReceiveBufferBytes = 2 * TargetMaxRecvDataSegmentBytes + HeaderBytesMax + 2 * DigestBytes;

@@ -256,7 +256,7 @@ public sealed class IscsiServer : IAsyncDisposable
         {
             if (_units.TryGetValue(target.Name, out ScsiLogicalUnit? unit) && ReferenceEquals(unit.Volume, target.Volume) && unit.ReadOnly == target.ReadOnly)
                 return unit;
-            unit = new ScsiLogicalUnit(target.Volume, target.Name, target.ReadOnly, _logger);
+            unit = new ScsiLogicalUnit(target.Volume, target.Name, target.ReadOnly, _logger, _options.StateDirectory);
             _units[target.Name] = unit;
             return unit;
         }

@@ -52,6 +52,9 @@ internal sealed class IscsiTask : ScsiTask
 
     public int OutstandingR2T;
     public uint NextR2TSn;
+
+    /// <summary>DataSN the next Data-Out must carry: 0 at the start of each sequence (unsolicited, or one per R2T).</summary>
+    public uint NextDataSn;
     public uint TargetTransferTag;
 
     /// <summary>Data-out is read and dropped; the status was decided before the data arrived.</summary>
@@ -61,7 +64,16 @@ internal sealed class IscsiTask : ScsiTask
     public bool DigestFailed;
 
     /// <summary>Set by task management: no SCSI response is sent for the task.</summary>
-    public bool Dropped;
+    public volatile bool Dropped;
+
+    // 0: open; 1: claimed by an abort; 2: claimed by the sender for its response. Whichever claims
+    // first wins, so a task is never both answered and reported aborted.
+    private int _claim;
+
+    public bool TryClaimForAbort() => Interlocked.CompareExchange(ref _claim, 1, 0) == 0;
+
+    /// <summary>True unless an abort claimed the task first.</summary>
+    public bool TryClaimForResponse() => Interlocked.CompareExchange(ref _claim, 2, 0) != 1;
 
     // ---- data-in / response bookkeeping (sender) ----
 
@@ -90,10 +102,12 @@ internal sealed class IscsiTask : ScsiTask
         SolicitedUpTo = 0;
         OutstandingR2T = 0;
         NextR2TSn = 0;
+        NextDataSn = 0;
         TargetTransferTag = 0;
         Absorbing = false;
         DigestFailed = false;
         Dropped = false;
+        _claim = 0;
         DataSequence = 0;
     }
 

@@ -26,6 +26,19 @@ public sealed partial class ScsiLogicalUnit
         return true;
     }
 
+    /// <summary>
+    /// Bytes a WRITE-family command actually writes: the whole blocks of data-out the initiator sent,
+    /// at most what the CDB transfers. With less data-out than the CDB names (iSCSI EDTL below the
+    /// transfer length) only the blocks received are written and the transport reports the rest as
+    /// residual overflow (RFC 7143 11.4.5.1; tgt does the same and libiscsi's residual tests expect it).
+    /// </summary>
+    private int WritableBytes(ScsiTask task, int bytes)
+    {
+        task.CommandDataOutBytes = bytes;
+        int available = Math.Min(task.DataOutLength, bytes);
+        return available & ~(BlockBytes - 1);
+    }
+
     /// <summary>The data-out buffer must hold what the CDB transfers; the transport already collected EDTL bytes.</summary>
     private bool CheckDataOut(ScsiTask task, long neededBytes)
     {
@@ -73,9 +86,8 @@ public sealed partial class ScsiLogicalUnit
             return;
         }
         if (!CheckTransfer(task, lba, blocks, ScsiLimits.MaxTransferBytes)) return;
-        if (blocks == 0) return;
-        int bytes = (int)(blocks << BlockShift);
-        if (!CheckDataOut(task, bytes)) return;
+        int bytes = WritableBytes(task, (int)(blocks << BlockShift));
+        if (bytes == 0) return;
         await Volume.WriteAsync((long)lba << BlockShift, task.DataOut.AsMemory(0, bytes), fua ? WriteFlags.Fua : WriteFlags.None, ct).ConfigureAwait(false);
     }
 
@@ -94,9 +106,8 @@ public sealed partial class ScsiLogicalUnit
             return;
         }
         if (!CheckTransfer(task, lba, blocks, ScsiLimits.MaxTransferBytes)) return;
-        if (blocks == 0) return;
-        int bytes = (int)(blocks << BlockShift);
-        if (!CheckDataOut(task, bytes)) return;
+        int bytes = WritableBytes(task, (int)(blocks << BlockShift));
+        if (bytes == 0) return;
         // The engine checks every chunk it stores (CRC32C on read-back); the write is made durable
         // so that the "verify" covers the medium, not only the cache.
         await Volume.WriteAsync((long)lba << BlockShift, task.DataOut.AsMemory(0, bytes), WriteFlags.Fua, ct).ConfigureAwait(false);
@@ -177,9 +188,15 @@ public sealed partial class ScsiLogicalUnit
             LbaOutOfRange(task);
             return;
         }
-        if (blocks == 0) return;
         int bytes = (int)(blocks << BlockShift);
-        if (!CheckDataOut(task, 2L * bytes)) return;
+        if (task.DataOutLength != 2 * bytes)
+        {
+            // The data-out must be exactly the verify and the write data (SBC-4 5.3): a CAW of 256
+            // blocks wraps the one-byte length to 0 and is caught here too.
+            IllegalRequest(task, Asc.InvalidFieldInCdb, 13);
+            return;
+        }
+        if (blocks == 0) return;
         long offset = (long)lba << BlockShift;
         ReadOnlyMemory<byte> expected = task.DataOut.AsMemory(0, bytes);
         ReadOnlyMemory<byte> source = task.DataOut.AsMemory(bytes, bytes);
@@ -352,7 +369,12 @@ public sealed partial class ScsiLogicalUnit
             IllegalRequest(task, Asc.InvalidFieldInCdb, sixteen ? 10 : 7);
             return;
         }
-        if (!noDataOut && !CheckDataOut(task, BlockBytes)) return;
+        if (task.DataOutLength != (noDataOut ? 0 : BlockBytes))
+        {
+            // Exactly one block of pattern (none with NDOB): more or less is an error (SBC-4 5.50).
+            IllegalRequest(task, Asc.InvalidFieldInCdb, sixteen ? 10 : 7);
+            return;
+        }
 
         long offset = (long)lba << BlockShift;
         long length = (long)blocks << BlockShift;

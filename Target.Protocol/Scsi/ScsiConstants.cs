@@ -144,6 +144,7 @@ public static class Asc
     public const ushort InitiatorDetectedErrorMessageReceived = 0x4800;
     public const ushort OverlappedCommandsAttempted = 0x4E00;
     public const ushort CopyTargetDeviceNotReachable = 0x0D02;
+    public const ushort UnreachableCopyTarget = 0x0804;
     public const ushort InvalidOperationForCopySourceOrDestination = 0x260C;
     public const ushort MiscompareDuringVerifyOfUnmappedLba = 0x1D01;
     public const ushort IscsiDigestError = 0x4705;

@@ -249,5 +249,6 @@ public sealed partial class ScsiLogicalUnit
         task.TruncateDataIn(allocation);
     }
 
-    private bool ThirdPartyCopy => (Volume.Capabilities & VolumeCapabilities.CopyByReference) != 0 && ExtendedCopySupported;
+    /// <summary>3PC: EXTENDED COPY (LID1) works on every volume (by reference when the volume can, else through a buffer).</summary>
+    private bool ThirdPartyCopy => ExtendedCopySupported;
 }

@@ -4,8 +4,11 @@ namespace Target.Protocol.Scsi;
 
 public static class ScsiLimits
 {
-    /// <summary>Largest READ/WRITE/VERIFY transfer (MAXIMUM TRANSFER LENGTH, in bytes).</summary>
-    public const int MaxTransferBytes = 4 * 1024 * 1024;
+    /// <summary>
+    /// Largest READ/WRITE/VERIFY transfer (MAXIMUM TRANSFER LENGTH, in bytes). 32 MiB: 65536 blocks
+    /// of 512 bytes in one command, which libiscsi's WRITE SAME tests send regardless of the limit.
+    /// </summary>
+    public const int MaxTransferBytes = 32 * 1024 * 1024;
 
     /// <summary>OPTIMAL TRANSFER LENGTH reported to hosts (bytes).</summary>
     public const int OptimalTransferBytes = 1024 * 1024;
@@ -19,8 +22,11 @@ public static class ScsiLimits
     /// <summary>MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.</summary>
     public const int MaxUnmapDescriptors = 256;
 
-    /// <summary>MAXIMUM UNMAP LBA COUNT in bytes (0xFFFFFFFF blocks would mean "no limit"; we keep one).</summary>
-    public const long MaxUnmapBytes = 1L << 40;
+    /// <summary>
+    /// MAXIMUM UNMAP LBA COUNT in bytes (0xFFFFFFFF blocks would mean "no limit"; we keep one): 512 MiB,
+    /// at most 2^20 blocks, which conformance suites treat as the sane upper bound.
+    /// </summary>
+    public const long MaxUnmapBytes = 1L << 29;
 
     /// <summary>MAXIMUM COMPARE AND WRITE LENGTH in blocks (one byte in the VPD page).</summary>
     public const int MaxCompareAndWriteBlocks = 255;

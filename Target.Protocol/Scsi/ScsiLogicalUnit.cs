@@ -23,7 +23,8 @@ public sealed partial class ScsiLogicalUnit
     private volatile bool _descriptorSense;
     private volatile bool _softwareWriteProtect;
 
-    public ScsiLogicalUnit(IBlockVolume volume, string targetName, bool readOnly, ILogger logger)
+    /// <param name="stateDirectory">Where persistent reservations are kept (the pool directory); null keeps them in memory.</param>
+    public ScsiLogicalUnit(IBlockVolume volume, string targetName, bool readOnly, ILogger logger, string? stateDirectory = null)
     {
         ArgumentNullException.ThrowIfNull(volume);
         ArgumentException.ThrowIfNullOrEmpty(targetName);
@@ -35,6 +36,8 @@ public sealed partial class ScsiLogicalUnit
         if (BlockBytes is not (512 or 4096))
             throw new ArgumentException($"volume {volume.Name}: logical block size {BlockBytes} is not 512 or 4096", nameof(volume));
         BlockShift = BlockBytes == 512 ? 9 : 12;
+        if (stateDirectory is not null) _prPath = Path.Combine(stateDirectory, $"scsi-pr-{volume.Uuid:N}.json");
+        LoadPersistentReservations();
     }
 
     public IBlockVolume Volume { get; }

@@ -40,6 +40,13 @@ public abstract class ScsiTask
     public byte[]? DataOut;
     public int DataOutLength;
 
+    /// <summary>
+    /// Data-out bytes the CDB itself transfers (e.g. WRITE: blocks times block size), set by the
+    /// handlers of commands whose residual the transport must report against the Expected Data
+    /// Transfer Length; -1 when the handler did not say.
+    /// </summary>
+    public long CommandDataOutBytes = -1;
+
     public ReadOnlySpan<byte> DataOutSpan => DataOut is null ? default : DataOut.AsSpan(0, DataOutLength);
 
     public ReadOnlyMemory<byte> DataOutMemory => DataOut is null ? default : DataOut.AsMemory(0, DataOutLength);
@@ -124,6 +131,7 @@ public abstract class ScsiTask
         WriteExpected = false;
         DataOut = null;
         DataOutLength = 0;
+        CommandDataOutBytes = -1;
         Status = ScsiStatus.Good;
         SenseLength = 0;
         Aborted = false;

@@ -20,10 +20,10 @@ public sealed class ScsiFixture
 {
     public const string TargetName = "iqn.2026-11.io.target:disk";
 
-    public ScsiFixture(long sizeBytes = 16 << 20, int blockBytes = 512, bool readOnly = false, MemoryVolume? volume = null)
+    public ScsiFixture(long sizeBytes = 16 << 20, int blockBytes = 512, bool readOnly = false, MemoryVolume? volume = null, ScsiLogicalUnit? unit = null)
     {
         Volume = volume ?? new MemoryVolume("disk", sizeBytes, logicalBlockSize: blockBytes);
-        Unit = new ScsiLogicalUnit(Volume, TargetName, readOnly, NullLogger.Instance);
+        Unit = unit ?? new ScsiLogicalUnit(Volume, TargetName, readOnly, NullLogger.Instance);
         Nexus = NewNexus(1);
         Unit.Attach(Nexus);
     }

@@ -12,6 +12,7 @@ the records into markdown tables (medians over rounds, Target / peer ratios).
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -59,7 +60,10 @@ def pct_us(side, p):
 def parse_fio(path):
     doc = load_fio_json(path)
     job = doc["jobs"][0]
-    rec = {"error": job.get("error", 0) or None}
+    err = job.get("error", 0) or None
+    if isinstance(err, int):
+        err = f"errno {err} ({os.strerror(err)})"
+    rec = {"error": err}
     iops = bw = nbytes = 0.0
     lat = {}
     for side in ("read", "write"):
@@ -168,6 +172,9 @@ def parse_lists(items):
 
 def cmd_table(a):
     recs = [json.loads(l) for l in open(a.results, encoding="utf-8") if l.strip()]
+    for r in recs:
+        if isinstance(r.get("error"), int):
+            r["error"] = f"errno {r['error']} ({os.strerror(r['error'])})"
     servers = parse_lists(a.servers)
     workloads = parse_lists(a.workloads)
     skipped = {(r["group"], r["server"]): r["skip"] for r in recs if "skip" in r}
@@ -231,6 +238,8 @@ def cmd_table(a):
                     cells.append("failed" if m["runs"] else "—")
                     continue
                 c = fmt_iops(m["iops"])
+                if m["n"] < m["runs"]:
+                    c += f" [{m['n']}/{m['runs']} ok]"
                 if s != "target" and t and t["n"] and m["iops"]:
                     c += f" ({t['iops'] / m['iops']:.2f}x)"
                 cells.append(c)

@@ -1,0 +1,593 @@
+// Persistent reservations (SPC-4 5.9, 6.15 PERSISTENT RESERVE IN, 6.16 PERSISTENT RESERVE OUT):
+// the registrations and the one reservation of the logical unit, shared by every session, kept in
+// a small JSON file in the pool directory so that they survive a restart of the controller (a
+// restart is treated like a controller failover, not a power loss: cluster fencing relies on it).
+//
+// Invariants:
+// - Every change happens under _prLock and is on disk (temp file, fsync, rename) before GOOD.
+// - At most one reservation, of LU scope. Its holder is registered; with the all-registrants
+//   types (WE-AR, EA-AR) every registrant holds it and _prHolder is null.
+// - PRgeneration grows by one for each successful REGISTER, REGISTER AND IGNORE EXISTING KEY,
+//   CLEAR, PREEMPT, PREEMPT AND ABORT and REGISTER AND MOVE (not for RESERVE and RELEASE).
+// - An I_T nexus is named by its initiator port ("iqn...,i,0xISID"): registrations outlive the
+//   session that made them and apply again when the same initiator port logs back in.
+using System.Buffers.Binary;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.Extensions.Logging;
+
+namespace Target.Protocol.Scsi;
+
+/// <summary>The persisted form of a logical unit's persistent reservation state.</summary>
+internal sealed class ScsiPrState
+{
+    public uint Generation { get; set; }
+    public bool Aptpl { get; set; }
+    public byte Type { get; set; }
+    public string? Holder { get; set; }
+    public List<ScsiPrRegistration> Registrations { get; set; } = new();
+}
+
+internal sealed class ScsiPrRegistration
+{
+    public string InitiatorPort { get; set; } = "";
+    public ulong Key { get; set; }
+}
+
+[JsonSerializable(typeof(ScsiPrState))]
+[JsonSourceGenerationOptions(WriteIndented = true)]
+internal sealed partial class ScsiPrJsonContext : JsonSerializerContext;
+
+public static class ScsiPrType
+{
+    public const byte WriteExclusive = 1;
+    public const byte ExclusiveAccess = 3;
+    public const byte WriteExclusiveRegistrantsOnly = 5;
+    public const byte ExclusiveAccessRegistrantsOnly = 6;
+    public const byte WriteExclusiveAllRegistrants = 7;
+    public const byte ExclusiveAccessAllRegistrants = 8;
+
+    public static bool IsValid(byte type) => type is 1 or 3 or 5 or 6 or 7 or 8;
+
+    public static bool IsAllRegistrants(byte type) => type is WriteExclusiveAllRegistrants or ExclusiveAccessAllRegistrants;
+
+    public static bool IsRegistrantsOnly(byte type) => type is WriteExclusiveRegistrantsOnly or ExclusiveAccessRegistrantsOnly;
+
+    public static bool IsExclusiveAccess(byte type) => type is ExclusiveAccess or ExclusiveAccessRegistrantsOnly or ExclusiveAccessAllRegistrants;
+}
+
+public static class ScsiPrAction
+{
+    // PERSISTENT RESERVE IN
+    public const byte ReadKeys = 0;
+    public const byte ReadReservation = 1;
+    public const byte ReportCapabilities = 2;
+    public const byte ReadFullStatus = 3;
+
+    // PERSISTENT RESERVE OUT
+    public const byte Register = 0;
+    public const byte Reserve = 1;
+    public const byte Release = 2;
+    public const byte Clear = 3;
+    public const byte Preempt = 4;
+    public const byte PreemptAndAbort = 5;
+    public const byte RegisterAndIgnoreExistingKey = 6;
+    public const byte RegisterAndMove = 7;
+}
+
+public sealed partial class ScsiLogicalUnit
+{
+    /// <summary>PR OUT parameter list of every service action but REGISTER AND MOVE (SPEC_I_PT is not supported).</summary>
+    private const int PrOutParameterBytes = 24;
+
+    /// <summary>Most registrations kept (each names one initiator port); more is INSUFFICIENT REGISTRATION RESOURCES.</summary>
+    public const int PrRegistrationsMax = 256;
+
+    private readonly object _prLock = new();
+    private ScsiPrState _pr = new();
+    private readonly string? _prPath;
+
+    /// <summary>Reads the persisted state, if any (constructor only).</summary>
+    private void LoadPersistentReservations()
+    {
+        if (_prPath is null || !File.Exists(_prPath)) return;
+        try
+        {
+            ScsiPrState? state = JsonSerializer.Deserialize(File.ReadAllBytes(_prPath), ScsiPrJsonContext.Default.ScsiPrState);
+            if (state is null) return;
+            if (state.Type != 0 && !ScsiPrType.IsValid(state.Type)) throw new InvalidDataException($"reservation type {state.Type}");
+            _pr = state;
+            _logger.LogInformation("scsi {Target}: {Count} persistent reservation registration(s) restored from {Path}{Reservation}",
+                TargetName, state.Registrations.Count, _prPath, state.Type == 0 ? "" : $", reservation type {state.Type}");
+        }
+        catch (Exception ex) when (ex is JsonException or InvalidDataException or IOException or UnauthorizedAccessException)
+        {
+            // Refusing to serve would be worse than forgetting: hosts re-register; the file is kept for inspection.
+            _logger.LogError("scsi {Target}: persistent reservation state {Path} is unreadable ({Error}); starting with none",
+                TargetName, _prPath, ex.Message);
+            _pr = new ScsiPrState();
+        }
+    }
+
+    /// <summary>Writes the state durably (temp file, fsync, rename). Called under _prLock.</summary>
+    private void SavePersistentReservations()
+    {
+        if (_prPath is null) return;
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(_pr, ScsiPrJsonContext.Default.ScsiPrState);
+        string temp = _prPath + ".tmp";
+        using (var file = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
+        {
+            file.Write(json);
+            file.Flush(flushToDisk: true);
+        }
+        File.Move(temp, _prPath, overwrite: true);
+    }
+
+    private ScsiPrRegistration? FindRegistration(string initiatorPort)
+    {
+        foreach (ScsiPrRegistration registration in _pr.Registrations)
+            if (string.Equals(registration.InitiatorPort, initiatorPort, StringComparison.OrdinalIgnoreCase)) return registration;
+        return null;
+    }
+
+    private bool IsPrHolder(string initiatorPort)
+    {
+        if (_pr.Type == 0) return false;
+        if (ScsiPrType.IsAllRegistrants(_pr.Type)) return FindRegistration(initiatorPort) is not null;
+        return string.Equals(_pr.Holder, initiatorPort, StringComparison.OrdinalIgnoreCase);
+    }
+
+    /// <summary>True when some initiator is registered (RESERVE/RELEASE(6/10) then conflict: CRH=0).</summary>
+    private bool HasRegistrations
+    {
+        get
+        {
+            lock (_prLock) return _pr.Registrations.Count > 0;
+        }
+    }
+
+    /// <summary>SPC-4 5.9.1 tables: does a persistent reservation keep <paramref name="nexus"/> from this access?</summary>
+    private bool PersistentReservationConflicts(ScsiItNexus nexus, ScsiAccess access)
+    {
+        if (access == ScsiAccess.None) return false;
+        lock (_prLock)
+        {
+            byte type = _pr.Type;
+            if (type == 0) return false;
+            string port = nexus.InitiatorPortName;
+            if (IsPrHolder(port)) return false;
+            bool registered = FindRegistration(port) is not null;
+            return type switch
+            {
+                ScsiPrType.WriteExclusive => access == ScsiAccess.Write,
+                ScsiPrType.ExclusiveAccess => true,
+                ScsiPrType.WriteExclusiveRegistrantsOnly or ScsiPrType.WriteExclusiveAllRegistrants => !registered && access == ScsiAccess.Write,
+                _ => !registered,
+            };
+        }
+    }
+
+    private void PostUnitAttentionToPort(string initiatorPort, ushort ascAscq)
+    {
+        foreach (ScsiItNexus nexus in Volatile.Read(ref _nexuses))
+            if (string.Equals(nexus.InitiatorPortName, initiatorPort, StringComparison.OrdinalIgnoreCase)) nexus.PostUnitAttention(ascAscq);
+    }
+
+    private void ReservationConflict(ScsiTask task) => task.SetStatus(ScsiStatus.ReservationConflict);
+
+    // ---- PERSISTENT RESERVE IN ----
+
+    private void PersistentReserveIn(ScsiTask task)
+    {
+        ReadOnlySpan<byte> cdb = task.Cdb;
+        if (cdb.Length < 10)
+        {
+            IllegalRequest(task, Asc.InvalidFieldInCdb, 0);
+            return;
+        }
+        byte action = (byte)(cdb[1] & 0x1F);
+        int allocation = BinaryPrimitives.ReadUInt16BigEndian(cdb.Slice(7));
+        lock (_prLock)
+        {
+            switch (action)
+            {
+                case ScsiPrAction.ReadKeys:
+                    {
+                        int count = _pr.Registrations.Count;
+                        Span<byte> data = task.AllocateDataIn(8 + 8 * count).Span;
+                        BinaryPrimitives.WriteUInt32BigEndian(data, _pr.Generation);
+                        BinaryPrimitives.WriteUInt32BigEndian(data.Slice(4), (uint)(8 * count));
+                        for (int i = 0; i < count; i++) BinaryPrimitives.WriteUInt64BigEndian(data.Slice(8 + 8 * i), _pr.Registrations[i].Key);
+                        break;
+                    }
+                case ScsiPrAction.ReadReservation:
+                    {
+                        bool reserved = _pr.Type != 0;
+                        Span<byte> data = task.AllocateDataIn(reserved ? 24 : 8).Span;
+                        BinaryPrimitives.WriteUInt32BigEndian(data, _pr.Generation);
+                        if (reserved)
+                        {
+                            BinaryPrimitives.WriteUInt32BigEndian(data.Slice(4), 16);
+                            // All-registrants reservations report key 0 (SPC-4 6.15.3.3).
+                            ulong key = ScsiPrType.IsAllRegistrants(_pr.Type) ? 0 : FindRegistration(_pr.Holder!)?.Key ?? 0;
+                            BinaryPrimitives.WriteUInt64BigEndian(data.Slice(8), key);
+                            data[21] = _pr.Type;   // scope 0 (LU_SCOPE) in the high nibble
+                        }
+                        break;
+                    }
+                case ScsiPrAction.ReportCapabilities:
+                    {
+                        Span<byte> data = task.AllocateDataIn(8).Span;
+                        BinaryPrimitives.WriteUInt16BigEndian(data, 8);
+                        data[2] = 0x04 | 0x01;                            // ATP_C (one target port), PTPL_C; CRH=0, SIP_C=0
+                        data[3] = (byte)(0x80 | (_pr.Aptpl ? 0x01 : 0));  // TMV, ALLOW COMMANDS 0, PTPL_A
+                        data[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02;       // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
+                        data[5] = 0x01;                                   // EX_AC_AR
+                        break;
+                    }
+                case ScsiPrAction.ReadFullStatus:
+                    ReadFullStatus(task);
+                    break;
+                default:
+                    IllegalRequest(task, Asc.InvalidFieldInCdb, 1, 4);
+                    return;
+            }
+        }
+        task.TruncateDataIn(allocation);
+    }
+
+    private void ReadFullStatus(ScsiTask task)
+    {
+        int total = 8;
+        foreach (ScsiPrRegistration registration in _pr.Registrations) total += 24 + TransportIdBytes(registration.InitiatorPort);
+        Span<byte> data = task.AllocateDataIn(total).Span;
+        BinaryPrimitives.WriteUInt32BigEndian(data, _pr.Generation);
+        BinaryPrimitives.WriteUInt32BigEndian(data.Slice(4), (uint)(total - 8));
+        int at = 8;
+        foreach (ScsiPrRegistration registration in _pr.Registrations)
+        {
+            Span<byte> d = data.Slice(at);
+            BinaryPrimitives.WriteUInt64BigEndian(d, registration.Key);
+            bool holder = IsPrHolder(registration.InitiatorPort);
+            d[12] = (byte)(0x02 | (holder ? 0x01 : 0));     // ALL_TG_PT (one target port), R_HOLDER
+            d[13] = holder ? _pr.Type : (byte)0;
+            BinaryPrimitives.WriteUInt16BigEndian(d.Slice(18), 1);   // relative target port identifier
+            int idBytes = WriteTransportId(d.Slice(24), registration.InitiatorPort);
+            BinaryPrimitives.WriteUInt32BigEndian(d.Slice(20), (uint)idBytes);
+            at += 24 + idBytes;
+        }
+    }
+
+    /// <summary>iSCSI TransportID, format 01b (SPC-4 7.6.4.6): "NAME,i,0xISID", NUL-terminated, padded to 4 bytes (at least 20).</summary>
+    private static int TransportIdBytes(string initiatorPort) => Math.Max(20, 4 + ((Encoding.UTF8.GetByteCount(initiatorPort) + 1 + 3) & ~3));
+
+    private static int WriteTransportId(Span<byte> destination, string initiatorPort)
+    {
+        int bytes = TransportIdBytes(initiatorPort);
+        destination.Slice(0, bytes).Clear();
+        destination[0] = 0x45;   // format 01b, protocol identifier 5 (iSCSI)
+        BinaryPrimitives.WriteUInt16BigEndian(destination.Slice(2), (ushort)(bytes - 4));
+        Encoding.UTF8.GetBytes(initiatorPort, destination.Slice(4));
+        return bytes;
+    }
+
+    /// <summary>Reads an iSCSI TransportID naming an initiator port (format 01b); null when malformed or of another format.</summary>
+    private static string? ParseTransportId(ReadOnlySpan<byte> id)
+    {
+        if (id.Length < 4 || id[0] != 0x45) return null;
+        int length = BinaryPrimitives.ReadUInt16BigEndian(id.Slice(2));
+        if (length < 4 || 4 + length > id.Length) return null;
+        ReadOnlySpan<byte> text = id.Slice(4, length);
+        int end = text.IndexOf((byte)0);
+        if (end >= 0) text = text.Slice(0, end);
+        string name = Encoding.UTF8.GetString(text);
+        int separator = name.IndexOf(",i,0x", StringComparison.OrdinalIgnoreCase);
+        if (separator <= 0) return null;
+        return name.Substring(0, separator) + ",i,0x" + name.Substring(separator + 5).ToLowerInvariant();
+    }
+
+    // ---- PERSISTENT RESERVE OUT ----
+
+    private void PersistentReserveOut(ScsiTask task)
+    {
+        ReadOnlySpan<byte> cdb = task.Cdb;
+        if (cdb.Length < 10)
+        {
+            IllegalRequest(task, Asc.InvalidFieldInCdb, 0);
+            return;
+        }
+        byte action = (byte)(cdb[1] & 0x1F);
+        byte scope = (byte)(cdb[2] >> 4);
+        byte type = (byte)(cdb[2] & 0x0F);
+        uint parameterLength = BinaryPrimitives.ReadUInt32BigEndian(cdb.Slice(5));
+        if (action > ScsiPrAction.RegisterAndMove)
+        {
+            IllegalRequest(task, Asc.InvalidFieldInCdb, 1, 4);
+            return;
+        }
+        if (action == ScsiPrAction.RegisterAndMove ? parameterLength < 24 : parameterLength != PrOutParameterBytes)
+        {
+            IllegalRequest(task, Asc.ParameterListLengthError, 5);
+            return;
+        }
+        if (parameterLength > ScsiLimits.MaxParameterListBytes || task.DataOutLength < parameterLength)
+        {
+            IllegalRequest(task, Asc.ParameterListLengthError, 5);
+            return;
+        }
+        ReadOnlySpan<byte> list = task.DataOutSpan.Slice(0, (int)parameterLength);
+        ulong key = BinaryPrimitives.ReadUInt64BigEndian(list);
+        ulong serviceKey = BinaryPrimitives.ReadUInt64BigEndian(list.Slice(8));
+        string port = task.Nexus.InitiatorPortName;
+
+        if (action == ScsiPrAction.RegisterAndMove)
+        {
+            RegisterAndMove(task, type, scope, key, serviceKey, list, port);
+            return;
+        }
+        bool specifyInitiatorPorts = (list[20] & 0x08) != 0;
+        bool aptpl = (list[20] & 0x01) != 0;
+        if (specifyInitiatorPorts)
+        {
+            IllegalParameter(task, Asc.InvalidFieldInParameterList, 20, 3);
+            return;
+        }
+        if (action is ScsiPrAction.Reserve or ScsiPrAction.Release or ScsiPrAction.Preempt or ScsiPrAction.PreemptAndAbort)
+        {
+            if (scope != 0)
+            {
+                IllegalRequest(task, Asc.InvalidFieldInCdb, 2, 7);
+                return;
+            }
+            // RELEASE checks the type against the reservation; the others need a valid one.
+            if (!ScsiPrType.IsValid(type) && action != ScsiPrAction.Release)
+            {
+                IllegalRequest(task, Asc.InvalidFieldInCdb, 2, 3);
+                return;
+            }
+        }
+
+        lock (_prLock)
+        {
+            ScsiPrRegistration? mine = FindRegistration(port);
+            if (action is ScsiPrAction.Register or ScsiPrAction.RegisterAndIgnoreExistingKey)
+            {
+                Register(task, mine, action == ScsiPrAction.RegisterAndIgnoreExistingKey, key, serviceKey, aptpl, port);
+                return;
+            }
+            // Every other service action needs this I_T nexus registered under the key it gives.
+            if (mine is null || mine.Key != key)
+            {
+                ReservationConflict(task);
+                return;
+            }
+            switch (action)
+            {
+                case ScsiPrAction.Reserve:
+                    if (_pr.Type != 0)
+                    {
+                        if (!IsPrHolder(port) || _pr.Type != type) ReservationConflict(task);
+                        return;   // the holder reserving again with the same type: nothing changes
+                    }
+                    _pr.Type = type;
+                    _pr.Holder = ScsiPrType.IsAllRegistrants(type) ? null : port;
+                    SavePersistentReservations();
+                    _logger.LogInformation("scsi {Target}: {Port} holds a persistent reservation of type {Type}", TargetName, port, type);
+                    return;
+                case ScsiPrAction.Release:
+                    if (_pr.Type == 0 || !IsPrHolder(port)) return;
+                    if (scope != 0 || _pr.Type != type)
+                    {
+                        IllegalRequest(task, Asc.InvalidReleaseOfPersistentReservation, -1);
+                        return;
+                    }
+                    ReleaseReservation(except: port);
+                    SavePersistentReservations();
+                    return;
+                case ScsiPrAction.Clear:
+                    foreach (ScsiPrRegistration registration in _pr.Registrations)
+                        if (!ReferenceEquals(registration, mine)) PostUnitAttentionToPort(registration.InitiatorPort, Asc.ReservationsPreempted);
+                    _pr.Registrations.Clear();
+                    _pr.Type = 0;
+                    _pr.Holder = null;
+                    _pr.Generation++;
+                    SavePersistentReservations();
+                    _logger.LogInformation("scsi {Target}: {Port} cleared every persistent reservation registration", TargetName, port);
+                    return;
+                default:
+                    Preempt(task, type, serviceKey, port);
+                    return;
+            }
+        }
+    }
+
+    private void Register(ScsiTask task, ScsiPrRegistration? mine, bool ignoreExistingKey, ulong key, ulong serviceKey, bool aptpl, string port)
+    {
+        if (mine is null)
+        {
+            if (!ignoreExistingKey && key != 0)
+            {
+                ReservationConflict(task);
+                return;
+            }
+            if (serviceKey == 0) return;   // unregistered and nothing to register: GOOD, no change
+            if (_pr.Registrations.Count >= PrRegistrationsMax)
+            {
+                CheckCondition(task, SenseKey.IllegalRequest, Asc.InsufficientRegistrationResources);
+                return;
+            }
+            _pr.Registrations.Add(new ScsiPrRegistration { InitiatorPort = port, Key = serviceKey });
+        }
+        else
+        {
+            if (!ignoreExistingKey && key != mine.Key)
+            {
+                ReservationConflict(task);
+                return;
+            }
+            if (serviceKey == 0)
+            {
+                _pr.Registrations.Remove(mine);
+                if (_pr.Type != 0 && (ScsiPrType.IsAllRegistrants(_pr.Type) ? _pr.Registrations.Count == 0 : string.Equals(_pr.Holder, port, StringComparison.OrdinalIgnoreCase)))
+                    ReleaseReservation(except: port);
+            }
+            else
+            {
+                mine.Key = serviceKey;
+            }
+        }
+        _pr.Aptpl = aptpl;
+        _pr.Generation++;
+        SavePersistentReservations();
+    }
+
+    /// <summary>Drops the reservation; registrants other than <paramref name="except"/> learn it when the type said they had access (SPC-4 5.9.11.2).</summary>
+    private void ReleaseReservation(string except)
+    {
+        byte type = _pr.Type;
+        _pr.Type = 0;
+        _pr.Holder = null;
+        if (ScsiPrType.IsRegistrantsOnly(type) || ScsiPrType.IsAllRegistrants(type))
+        {
+            foreach (ScsiPrRegistration registration in _pr.Registrations)
+                if (!string.Equals(registration.InitiatorPort, except, StringComparison.OrdinalIgnoreCase))
+                    PostUnitAttentionToPort(registration.InitiatorPort, Asc.ReservationsReleased);
+        }
+    }
+
+    /// <summary>PREEMPT and PREEMPT AND ABORT (SPC-4 5.9.11.4). Tasks of preempted nexuses are not aborted here.</summary>
+    private void Preempt(ScsiTask task, byte type, ulong serviceKey, string port)
+    {
+        bool allRegistrants = _pr.Type != 0 && ScsiPrType.IsAllRegistrants(_pr.Type);
+        if (serviceKey == 0 && !allRegistrants)
+        {
+            IllegalParameter(task, Asc.InvalidFieldInParameterList, 8);
+            return;
+        }
+        bool takesReservation;
+        int removed;
+        if (_pr.Type == 0)
+        {
+            takesReservation = false;
+            removed = RemoveRegistrations(serviceKey, port, allButPreempter: false);
+        }
+        else if (allRegistrants)
+        {
+            takesReservation = serviceKey == 0;
+            removed = RemoveRegistrations(serviceKey, port, allButPreempter: serviceKey == 0);
+        }
+        else
+        {
+            ulong holderKey = FindRegistration(_pr.Holder!)?.Key ?? 0;
+            takesReservation = holderKey == serviceKey;
+            removed = RemoveRegistrations(serviceKey, port, allButPreempter: false);
+        }
+        if (removed == 0 && !takesReservation)
+        {
+            ReservationConflict(task);
+            return;
+        }
+        if (takesReservation)
+        {
+            byte oldType = _pr.Type;
+            _pr.Type = type;
+            _pr.Holder = ScsiPrType.IsAllRegistrants(type) ? null : port;
+            if (oldType != type)
+            {
+                foreach (ScsiPrRegistration registration in _pr.Registrations)
+                    if (!string.Equals(registration.InitiatorPort, port, StringComparison.OrdinalIgnoreCase))
+                        PostUnitAttentionToPort(registration.InitiatorPort, Asc.ReservationsReleased);
+            }
+        }
+        _pr.Generation++;
+        SavePersistentReservations();
+        _logger.LogInformation("scsi {Target}: {Port} preempted {Removed} registration(s){Reservation}", TargetName, port, removed,
+            takesReservation ? $" and holds a reservation of type {type}" : "");
+    }
+
+    /// <summary>Removes registrations holding <paramref name="key"/> (or all but the preempter's); each removed port gets REGISTRATIONS PREEMPTED.</summary>
+    private int RemoveRegistrations(ulong key, string preempter, bool allButPreempter)
+    {
+        int removed = 0;
+        for (int i = _pr.Registrations.Count - 1; i >= 0; i--)
+        {
+            ScsiPrRegistration registration = _pr.Registrations[i];
+            bool self = string.Equals(registration.InitiatorPort, preempter, StringComparison.OrdinalIgnoreCase);
+            if (allButPreempter ? self : registration.Key != key) continue;
+            _pr.Registrations.RemoveAt(i);
+            removed++;
+            if (!self) PostUnitAttentionToPort(registration.InitiatorPort, Asc.RegistrationsPreempted);
+        }
+        if (_pr.Type != 0 && !ScsiPrType.IsAllRegistrants(_pr.Type) && FindRegistration(_pr.Holder!) is null)
+        {
+            _pr.Type = 0;
+            _pr.Holder = null;
+        }
+        if (_pr.Type != 0 && ScsiPrType.IsAllRegistrants(_pr.Type) && _pr.Registrations.Count == 0) _pr.Type = 0;
+        return removed;
+    }
+
+    private void RegisterAndMove(ScsiTask task, byte type, byte scope, ulong key, ulong serviceKey, ReadOnlySpan<byte> list, string port)
+    {
+        bool unregister = (list[17] & 0x02) != 0;
+        bool aptpl = (list[17] & 0x01) != 0;
+        uint idLength = BinaryPrimitives.ReadUInt32BigEndian(list.Slice(20));
+        if (24 + (long)idLength > list.Length)
+        {
+            IllegalParameter(task, Asc.ParameterListLengthError, 20);
+            return;
+        }
+        string? destination = ParseTransportId(list.Slice(24, (int)idLength));
+        lock (_prLock)
+        {
+            ScsiPrRegistration? mine = FindRegistration(port);
+            if (mine is null || mine.Key != key || _pr.Type == 0 || ScsiPrType.IsAllRegistrants(_pr.Type) || !IsPrHolder(port))
+            {
+                ReservationConflict(task);
+                return;
+            }
+            if (serviceKey == 0)
+            {
+                IllegalParameter(task, Asc.InvalidFieldInParameterList, 8);
+                return;
+            }
+            if (destination is null || string.Equals(destination, port, StringComparison.OrdinalIgnoreCase))
+            {
+                IllegalParameter(task, Asc.InvalidFieldInParameterList, 24);
+                return;
+            }
+            if (scope != 0 || !ScsiPrType.IsValid(type))
+            {
+                IllegalRequest(task, Asc.InvalidFieldInCdb, 2);
+                return;
+            }
+            ScsiPrRegistration? target = FindRegistration(destination);
+            if (target is null)
+            {
+                target = new ScsiPrRegistration { InitiatorPort = destination, Key = serviceKey };
+                _pr.Registrations.Add(target);
+            }
+            else
+            {
+                target.Key = serviceKey;
+            }
+            _pr.Holder = destination;
+            _pr.Type = type;
+            if (unregister) _pr.Registrations.Remove(mine);
+            _pr.Aptpl = aptpl;
+            _pr.Generation++;
+            SavePersistentReservations();
+            _logger.LogInformation("scsi {Target}: {Port} moved its persistent reservation to {Destination}", TargetName, port, destination);
+        }
+    }
+}
+
+/// <summary>How a command touches the medium, for reservation checks (SPC-4 5.9.1 tables).</summary>
+internal enum ScsiAccess : byte
+{
+    /// <summary>Never conflicts (INQUIRY, REPORT LUNS, READ CAPACITY, PR IN/OUT...).</summary>
+    None,
+    Read,
+    Write,
+}
