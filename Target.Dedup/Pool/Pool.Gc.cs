@@ -108,6 +108,15 @@ public sealed partial class Pool
             quarantined = _quarantine.Count;
             dead = CountDeadSegmentsLocked();
             victim = PickVictimLocked(free);
+            if (victim != BatchHeader.NoSegment)
+            {
+                // Moving a victim first costs its live blocks (and headers) at the head: only clean
+                // when that fits beside the space dirty pages have reserved, or the cleaner would
+                // eat the room acknowledged writes are promised.
+                int live = _state.SegmentLive[victim];
+                long cost = live + (long)MaxHeaderBlocks * ((live + MaxBatchBlocks - 1) / MaxBatchBlocks + 1);
+                if (FreeBlocksLocked() - _reservedBlocks < cost) victim = BatchHeader.NoSegment;
+            }
         }
         bool checkpointDue = dead + quarantined >= CheckpointBatchSegments
             || (dead + quarantined > 0 && (free < 2 || victim == BatchHeader.NoSegment));
@@ -174,6 +183,8 @@ public sealed partial class Pool
             if (_segments[s] != SegmentState.Used || s == _headSegment || s == _nextSegment || _state.SegmentLive[s] == 0) continue;
             double u = (double)_state.SegmentLive[s] / BlocksPerSegment;
             if (u > maxUtilization) continue;
+            // Cleaning must gain more than the headers the moves cost.
+            if (BlocksPerSegment - _state.SegmentLive[s] <= 2 * MaxHeaderBlocks) continue;
             double age = 1 + (now - _segmentSealedMs[s]);
             double score = (1 - u) * age / (1 + u);
             if (score > bestScore) { bestScore = score; best = s; }

@@ -52,30 +52,55 @@ public sealed partial class Pool
         return _reads!.ReadAsync(volume, offset, destination);
     }
 
-    /// <summary>Serves the read from cache pages and holes only; false (having copied some) when a stored chunk is needed.</summary>
+    /// <summary>Serves the read from cache pages, holes and the read cache only; false (having copied some) when a stored chunk is needed.</summary>
     private bool TryReadWithoutDevice(Volume volume, long offset, Span<byte> destination)
     {
-        lock (_sync)
+        int done = 0;
+        lock (_sync) return PlanWindowLocked(volume, offset, destination, ref done, plan: null) == 0 && done == destination.Length;
+    }
+
+    /// <summary>
+    /// Walks the range from <paramref name="done"/> under the pool lock, copying what memory holds
+    /// (dirty pages, holes and zeros, the read cache) and noting in <paramref name="plan"/> the
+    /// chunks that must come from the device, up to MaxReadRunBlocks of them. Without a plan it
+    /// stops at the first such chunk. Returns how many chunks were planned.
+    /// </summary>
+    private int PlanWindowLocked(Volume volume, long offset, Span<byte> destination, ref int done, ReadPlan? plan)
+    {
+        int planned = 0;
+        while (done < destination.Length && planned < MaxReadRunBlocks)
         {
-            int done = 0;
-            while (done < destination.Length)
+            long position = offset + done;
+            long block = position / ChunkBytes;
+            int inChunk = (int)(position % ChunkBytes);
+            int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
+            if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
             {
-                long position = offset + done;
-                long block = position / ChunkBytes;
-                int inChunk = (int)(position % ChunkBytes);
-                int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
-                if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
-                    _cache.Data(page).Slice(inChunk, n).CopyTo(destination.Slice(done, n));
-                else
-                {
-                    uint id = volume.State.Map.Get(block);
-                    if (id < ChunkTable.FirstChunkId) destination.Slice(done, n).Clear();
-                    else if (!_chunkCache.TryCopy(id, inChunk, destination.Slice(done, n))) return false;
-                }
-                done += n;
+                _cache.Data(page).Slice(inChunk, n).CopyTo(destination.Slice(done, n));
             }
-            return true;
+            else
+            {
+                uint id = volume.State.Map.Get(block);
+                if (id < ChunkTable.FirstChunkId)
+                {
+                    destination.Slice(done, n).Clear();
+                }
+                else if (!_chunkCache.TryCopy(id, inChunk, destination.Slice(done, n)))
+                {
+                    if (plan == null) return 1;
+                    ChunkEntry e = _state.Chunks[id];
+                    plan.Id[planned] = id;
+                    plan.Location[planned] = e.Location;
+                    plan.Crc[planned] = e.Crc;
+                    plan.DestinationOffset[planned] = done;
+                    plan.InChunk[planned] = inChunk;
+                    plan.Length[planned] = n;
+                    planned++;
+                }
+            }
+            done += n;
         }
+        return planned;
     }
 
     /// <summary>Reads synchronously: cache, map, then the device, coalescing chunks that are adjacent in the log into one read.</summary>
@@ -105,41 +130,8 @@ public sealed partial class Pool
         while (done < destination.Length)
         {
             // Plan one window of up to MaxReadRunBlocks blocks under the lock.
-            int planned = 0;
-            lock (_sync)
-            {
-                while (done < destination.Length && planned < MaxReadRunBlocks)
-                {
-                    long position = offset + done;
-                    long block = position / ChunkBytes;
-                    int inChunk = (int)(position % ChunkBytes);
-                    int n = Math.Min(ChunkBytes - inChunk, destination.Length - done);
-                    if (volume.CachedPages > 0 && _cache.TryFind(WriteCache.KeyOf(volume.State.Id, block), out int page))
-                    {
-                        _cache.Data(page).Slice(inChunk, n).CopyTo(destination.Slice(done, n));
-                    }
-                    else
-                    {
-                        uint id = volume.State.Map.Get(block);
-                        if (id < ChunkTable.FirstChunkId)
-                        {
-                            destination.Slice(done, n).Clear();
-                        }
-                        else if (!_chunkCache.TryCopy(id, inChunk, destination.Slice(done, n)))
-                        {
-                            ChunkEntry e = _state.Chunks[id];
-                            plan.Id[planned] = id;
-                            plan.Location[planned] = e.Location;
-                            plan.Crc[planned] = e.Crc;
-                            plan.DestinationOffset[planned] = done;
-                            plan.InChunk[planned] = inChunk;
-                            plan.Length[planned] = n;
-                            planned++;
-                        }
-                    }
-                    done += n;
-                }
-            }
+            int planned;
+            lock (_sync) planned = PlanWindowLocked(volume, offset, destination, ref done, plan);
             // Then read runs of consecutive log blocks with one device read each.
             for (int i = 0; i < planned;)
             {

@@ -58,7 +58,9 @@ public sealed partial class Pool
     private int DataRoomLocked()
     {
         int room = BlocksPerSegment - (int)_headOffsetBlocks - MaxHeaderBlocks;
-        return room < MinDataRoomBlocks ? MaxBatchBlocks : Math.Min(MaxBatchBlocks, room);
+        // With no next segment the tail is the last space there is: use it however small.
+        if (room < MinDataRoomBlocks && (_nextSegment != BatchHeader.NoSegment || room < 1)) return MaxBatchBlocks;
+        return Math.Min(MaxBatchBlocks, room);
     }
 
     /// <summary>Blocks kept back for metadata-only batches (trim, delete) so a full pool can still free space.</summary>
