@@ -6,7 +6,7 @@ namespace Target.Config;
 
 /// <summary>
 /// The JSON form of <c>target serve</c>'s settings (--config FILE). Keys are camelCase and match the
-/// long options: pool, poolSize, volumes, nbd, nbdSocket, admin, noDirect, writeMode, cache, logLevel,
+/// long options: pool, poolSize, volumes, nbd, nbdSocket, admin, noDirect, writeMode, cache, readCache, device, fillWarnings, logLevel,
 /// iscsi, iscsiPortal, plus iscsiChap / iscsiDiscoveryChap / iscsiInitiators (config file only: secrets stay off the command line).
 /// Sizes are numbers of bytes or strings with K/M/G/T suffixes; volumes are "NAME:SIZE" strings or
 /// {"name", "size", "logicalBlockSize"} objects. Unknown keys are an error (typos should not pass silently).
@@ -33,6 +33,7 @@ public sealed class ServeConfigFile
     [JsonConverter(typeof(SizeJsonConverter))]
     public long? Cache { get; set; }
 
+    [JsonConverter(typeof(SizeJsonConverter))]
     public long? ReadCache { get; set; }
 
     public string? Device { get; set; }
