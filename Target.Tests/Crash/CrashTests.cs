@@ -14,14 +14,15 @@ public sealed class CrashTests(ITestOutputHelper output)
 {
     [Fact]
     public Task KillNineDuringVerifiedWritesLosesNoFlushedWrite() =>
-        RunAsync(volumeBytes: 64L << 20, poolBytes: 1L << 30, defaultIterations: 50, killWindowMs: (20, 700), expectCleaning: false);
+        RunAsync(volumeBytes: 64L << 20, poolBytes: 1L << 30, cacheBytes: 16L << 20, defaultIterations: 50, killWindowMs: (20, 700), expectCleaning: false);
 
     /// <summary>A pool only a little larger than the volume: the cleaner moves chunks all the time, and is killed mid-move.</summary>
     [Fact]
     public Task KillNineWhileTheCleanerMovesChunksLosesNoFlushedWrite() =>
-        RunAsync(volumeBytes: 24L << 20, poolBytes: (1L << 20) + 12 * (4L << 20), defaultIterations: 30, killWindowMs: (200, 2500), expectCleaning: true);
+        RunAsync(volumeBytes: 24L << 20, poolBytes: (1L << 20) + 12 * (4L << 20), cacheBytes: 2L << 20, defaultIterations: 30, killWindowMs: (200, 2500), expectCleaning: true);
 
-    private async Task RunAsync(long volumeBytes, long poolBytes, int defaultIterations, (int Min, int Max) killWindowMs, bool expectCleaning)
+    /// <remarks>The cleaner test keeps the write cache small: every dirty page holds a worst-case space reservation, and a cache as large as the pool's slack would leave the cleaner no room to move chunks.</remarks>
+    private async Task RunAsync(long volumeBytes, long poolBytes, long cacheBytes, int defaultIterations, (int Min, int Max) killWindowMs, bool expectCleaning)
     {
         int sectors = (int)(volumeBytes / CrashPattern.SectorBytes);
         int iterations = int.TryParse(Environment.GetEnvironmentVariable("TARGET_CRASH_ITERATIONS"), out int n) ? n : defaultIterations;
@@ -43,7 +44,7 @@ public sealed class CrashTests(ITestOutputHelper output)
                 string log = Path.Combine(dir, $"log-{iteration}");
                 string mode = iteration % 3 == 2 ? "wt" : "1way-wb";
                 int killAfterMs = random.Next(killWindowMs.Min, killWindowMs.Max);
-                await RunAndKillAsync(pool, log, seed + iteration, (iteration + 1) * 10_000_000L, mode, killAfterMs, volumeBytes, poolBytes);
+                await RunAndKillAsync(pool, log, seed + iteration, (iteration + 1) * 10_000_000L, mode, killAfterMs, volumeBytes, poolBytes, cacheBytes);
                 (int writes, int flushes, long segmentsCleaned) = Replay(File.ReadAllLines(log), durable, since);
                 cleaned += segmentsCleaned;
                 totalWrites += writes;
@@ -138,7 +139,7 @@ public sealed class CrashTests(ITestOutputHelper output)
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static extern int Kill(int pid, int signal);
 
-    private static async Task RunAndKillAsync(string pool, string log, int seed, long tagStart, string mode, int killAfterMs, long volumeBytes, long poolBytes)
+    private static async Task RunAndKillAsync(string pool, string log, int seed, long tagStart, string mode, int killAfterMs, long volumeBytes, long poolBytes, long cacheBytes)
     {
         string writer = Path.Combine(AppContext.BaseDirectory, "crash-writer.dll");
         Assert.True(File.Exists(writer), $"{writer} missing: build the solution");
@@ -148,7 +149,7 @@ public sealed class CrashTests(ITestOutputHelper output)
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (string a in new[] { writer, "--pool", pool, "--log", log, "--seed", seed.ToString(), "--tag-start", tagStart.ToString(), "--mode", mode, "--volume-bytes", volumeBytes.ToString(), "--pool-bytes", poolBytes.ToString() })
+        foreach (string a in new[] { writer, "--pool", pool, "--log", log, "--seed", seed.ToString(), "--tag-start", tagStart.ToString(), "--mode", mode, "--volume-bytes", volumeBytes.ToString(), "--pool-bytes", poolBytes.ToString(), "--cache-bytes", cacheBytes.ToString() })
             psi.ArgumentList.Add(a);
         using Process child = Process.Start(psi)!;
         Task<string> errors = child.StandardError.ReadToEndAsync();

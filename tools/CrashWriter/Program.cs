@@ -6,7 +6,7 @@
 using Target.Dedup;
 
 string? pool = null, logPath = null, mode = "1way-wb";
-long seed = 1, tagStart = 1_000_000, volumeBytes = 64L << 20, poolBytes = 1L << 30;
+long seed = 1, tagStart = 1_000_000, volumeBytes = 64L << 20, poolBytes = 1L << 30, cacheBytes = 16L << 20;
 for (int i = 0; i + 1 < args.Length; i += 2)
 {
     switch (args[i])
@@ -18,6 +18,7 @@ for (int i = 0; i + 1 < args.Length; i += 2)
         case "--mode": mode = args[i + 1]; break;
         case "--volume-bytes": volumeBytes = long.Parse(args[i + 1]); break;
         case "--pool-bytes": poolBytes = long.Parse(args[i + 1]); break;
+        case "--cache-bytes": cacheBytes = long.Parse(args[i + 1]); break;
         default: Console.Error.WriteLine($"unknown option {args[i]}"); return 2;
     }
 }
@@ -29,7 +30,7 @@ await using Pool p = Pool.Open(new PoolOptions
     Directory = pool,
     CreateSizeBytes = poolBytes,
     WriteMode = writeMode,
-    CacheBytes = 16L << 20,
+    CacheBytes = cacheBytes,
     CheckpointJournalBytes = 4L << 20,
     DirtyAgeMaxMs = 50,
 });
