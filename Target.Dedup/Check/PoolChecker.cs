@@ -17,7 +17,8 @@ public sealed record PoolCheckReport(bool Clean, IReadOnlyList<string> Problems,
 
 public static class PoolChecker
 {
-    private const int MaxProblemsListed = 100;
+    /// <summary>Problems listed by name; beyond this the report only counts them.</summary>
+    internal const int MaxProblemsListed = 100;
 
     /// <summary>Offline consistency check of a pool that no process has open.</summary>
     public static Task<PoolCheckReport> CheckAsync(string directory, bool noDirect, IProgress<PoolCheckProgress>? progress, CancellationToken ct) =>
@@ -45,7 +46,7 @@ public sealed partial class Pool
         void Problem(string text)
         {
             problemCount++;
-            if (problems.Count < 100) problems.Add(text);
+            if (problems.Count < PoolChecker.MaxProblemsListed) problems.Add(text);
         }
 
         ChunkTable chunks = _state.Chunks;

@@ -150,7 +150,8 @@ public sealed partial class Pool : IAsyncDisposable
         device.Read(0, buffer.Span);
         Superblock? first = Superblock.TryDecode(buffer.Slice(0, DeviceConstants.SectorBytes), out problem);
         if (first != null) return first;
-        return Superblock.TryDecode(buffer.Slice(DeviceConstants.SectorBytes, DeviceConstants.SectorBytes), out _) ?? null;
+        // The first copy is damaged: the second one, written at creation too, still names the pool.
+        return Superblock.TryDecode(buffer.Slice(DeviceConstants.SectorBytes, DeviceConstants.SectorBytes), out _);
     }
 
     private static (IBlockDevice, Superblock) Create(PoolOptions options, string devicePath, long sizeBytes, ILogger log)
