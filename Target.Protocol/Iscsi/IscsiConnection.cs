@@ -20,7 +20,7 @@ using Target.Protocol.Scsi;
 
 namespace Target.Protocol.Iscsi;
 
-internal sealed partial class IscsiConnection
+internal sealed partial class IscsiConnection : IServerConnection
 {
     private readonly Socket _socket;
     private readonly IscsiServer _server;
@@ -305,7 +305,7 @@ internal sealed partial class IscsiConnection
     }
 
     /// <summary>Closes the socket now (server shutdown, session reinstatement, dead peer); the loops then end.</summary>
-    internal void Abort()
+    public void Abort()
     {
         ShutdownSocket();
     }

@@ -1,7 +1,6 @@
 // The iSCSI listener: accepts on TCP endpoints and runs one IscsiConnection per client, keeps
 // the session table (TSIH allocation, session reinstatement) and one logical unit per target.
 // A failing connection never affects the others or the listener.
-using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
@@ -19,7 +18,7 @@ public sealed class IscsiServer : IAsyncDisposable
     private readonly ILogger _logger;
     private readonly object _lock = new();
     private readonly List<Socket> _listeners = new();
-    private readonly ConcurrentDictionary<IscsiConnection, Task> _connections = new();
+    private readonly ServerConnections<IscsiConnection> _connections;
     private readonly Dictionary<ushort, IscsiConnection> _sessions = new();
     private readonly Dictionary<string, ScsiLogicalUnit> _units = new(StringComparer.OrdinalIgnoreCase);
     private readonly CancellationTokenSource _stopping = new();
@@ -35,6 +34,7 @@ public sealed class IscsiServer : IAsyncDisposable
         _catalog = catalog;
         _options = options;
         _logger = logger;
+        _connections = new ServerConnections<IscsiConnection>("iscsi", logger, _stopping.Token);
         _nextTsih = (ushort)Random.Shared.Next(1, 0x8000);
     }
 
@@ -101,44 +101,11 @@ public sealed class IscsiServer : IAsyncDisposable
 
         using CancellationTokenRegistration registration = ct.Register(static state => ((IscsiServer)state!).Stop(), this);
         var loops = new Task[listeners.Length];
-        for (int i = 0; i < listeners.Length; i++) loops[i] = AcceptLoopAsync(listeners[i]);
+        for (int i = 0; i < listeners.Length; i++) loops[i] = _connections.AcceptLoopAsync(listeners[i], listeners[i].LocalEndPoint!, StartConnection);
         await Task.WhenAll(loops).ConfigureAwait(false);
 
-        foreach (IscsiConnection connection in _connections.Keys) connection.Abort();
-        await Task.WhenAll(_connections.Values).ConfigureAwait(false);
+        await _connections.AbortAllAsync().ConfigureAwait(false);
         lock (_lock) foreach (Socket listener in _listeners) listener.Dispose();
-    }
-
-    private async Task AcceptLoopAsync(Socket listener)
-    {
-        CancellationToken stopping = _stopping.Token;
-        while (!stopping.IsCancellationRequested)
-        {
-            Socket client;
-            try
-            {
-                client = await listener.AcceptAsync(stopping).ConfigureAwait(false);
-            }
-            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
-            {
-                return;
-            }
-            catch (SocketException ex)
-            {
-                if (stopping.IsCancellationRequested) return;
-                _logger.LogWarning("iscsi: accept failed: {Error}", ex.SocketErrorCode);
-                try
-                {
-                    await Task.Delay(50, stopping).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
-                    return;
-                }
-                continue;
-            }
-            StartConnection(client);
-        }
     }
 
     private void StartConnection(Socket client)
@@ -155,30 +122,7 @@ public sealed class IscsiServer : IAsyncDisposable
             return;
         }
         _logger.LogDebug("iscsi: connection from {Peer}", peer);
-        var connection = new IscsiConnection(client, peer, this, _stopping.Token);
-        var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Task run = RunConnectionAsync(connection, start.Task);
-        _connections[connection] = run;
-        start.SetResult();
-        if (_stopping.IsCancellationRequested) connection.Abort();
-    }
-
-    private async Task RunConnectionAsync(IscsiConnection connection, Task start)
-    {
-        await start.ConfigureAwait(false);
-        try
-        {
-            await connection.RunAsync().ConfigureAwait(false);
-        }
-        catch (Exception ex)
-        {
-            _logger.LogError(ex, "iscsi {Peer}: connection failed", connection.Peer);
-        }
-        finally
-        {
-            _connections.TryRemove(connection, out _);
-            _logger.LogDebug("iscsi {Peer}: connection closed", connection.Peer);
-        }
+        _connections.Start(new IscsiConnection(client, peer, this, _stopping.Token));
     }
 
     // ---- sessions ----
@@ -210,7 +154,7 @@ public sealed class IscsiServer : IAsyncDisposable
             _logger.LogInformation("iscsi {Peer}: reinstating session {Tsih} of {Initiator} (closing {OldPeer})",
                 connection.Peer, existing.Tsih, initiatorName, existing.Peer);
             existing.Abort();
-            if (_connections.TryGetValue(existing, out Task? run))
+            if (_connections.TryGetRun(existing, out Task? run) && run != null)
             {
                 try
                 {
@@ -292,8 +236,7 @@ public sealed class IscsiServer : IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Stop();
-        foreach (IscsiConnection connection in _connections.Keys) connection.Abort();
-        await Task.WhenAll(_connections.Values).ConfigureAwait(false);
+        await _connections.AbortAllAsync().ConfigureAwait(false);
         lock (_lock) foreach (Socket listener in _listeners) listener.Dispose();
     }
 }

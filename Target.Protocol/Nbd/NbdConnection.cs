@@ -19,7 +19,7 @@ namespace Target.Protocol.Nbd;
 
 internal sealed record NbdSession(NbdExport Export, NbdTransmissionFlags Flags, bool StructuredReplies, bool BlockStatusEnabled);
 
-internal sealed partial class NbdConnection
+internal sealed partial class NbdConnection : IServerConnection
 {
     private readonly Socket _socket;
     private readonly INbdExportCatalog _catalog;
@@ -447,7 +447,7 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>Closes the socket now (server shutdown); the connection's loops then end.</summary>
-    internal void Abort()
+    public void Abort()
     {
         ShutdownSocket();
     }

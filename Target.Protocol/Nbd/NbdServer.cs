@@ -1,6 +1,5 @@
 // The NBD listener: accepts on any number of TCP and Unix-domain endpoints and runs one
 // NbdConnection per client. A failing connection never affects the others or the listener.
-using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
@@ -14,7 +13,7 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly ILogger<NbdServer> _logger;
     private readonly object _lock = new();
     private readonly List<Listener> _listeners = new();
-    private readonly ConcurrentDictionary<NbdConnection, Task> _connections = new();
+    private readonly ServerConnections<NbdConnection> _connections;
     private readonly CancellationTokenSource _stopping = new();
     private int _running;
     private int _disposed;
@@ -29,6 +28,7 @@ public sealed class NbdServer : IAsyncDisposable
         _catalog = catalog;
         _options = options;
         _logger = logger;
+        _connections = new ServerConnections<NbdConnection>("nbd", logger, _stopping.Token);
     }
 
     /// <summary>Endpoints actually bound (port 0 resolved to the real port), in the order they were added.</summary>
@@ -112,50 +112,16 @@ public sealed class NbdServer : IAsyncDisposable
 
         using CancellationTokenRegistration registration = ct.Register(static state => ((NbdServer)state!).Stop(), this);
         var acceptLoops = new Task[listeners.Length];
-        for (int i = 0; i < listeners.Length; i++) acceptLoops[i] = AcceptLoopAsync(listeners[i]);
+        for (int i = 0; i < listeners.Length; i++)
+        {
+            Listener listener = listeners[i];
+            acceptLoops[i] = _connections.AcceptLoopAsync(listener.Socket, listener.EndPoint, client => StartConnection(client, listener));
+        }
         await Task.WhenAll(acceptLoops).ConfigureAwait(false);
 
         // Stopping: close every client and wait for its connection to finish.
-        foreach (NbdConnection connection in _connections.Keys) connection.Abort();
-        await Task.WhenAll(_connections.Values).ConfigureAwait(false);
+        await _connections.AbortAllAsync().ConfigureAwait(false);
         CleanupListeners();
-    }
-
-    private async Task AcceptLoopAsync(Listener listener)
-    {
-        CancellationToken stopping = _stopping.Token;
-        while (!stopping.IsCancellationRequested)
-        {
-            Socket client;
-            try
-            {
-                client = await listener.Socket.AcceptAsync(stopping).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-            catch (ObjectDisposedException)
-            {
-                return;
-            }
-            catch (SocketException ex)
-            {
-                if (stopping.IsCancellationRequested) return;
-                // Transient accept failures (EMFILE, ECONNABORTED): log, pause briefly, keep listening.
-                _logger.LogWarning("nbd: accept on {EndPoint} failed: {Error}", listener.EndPoint, ex.SocketErrorCode);
-                try
-                {
-                    await Task.Delay(50, stopping).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
-                    return;
-                }
-                continue;
-            }
-            StartConnection(client, listener);
-        }
     }
 
     private void StartConnection(Socket client, Listener listener)
@@ -172,31 +138,7 @@ public sealed class NbdServer : IAsyncDisposable
             return;
         }
         _logger.LogDebug("nbd: connection from {Peer}", peer);
-        var connection = new NbdConnection(client, peer, _catalog, _options, _logger, _stopping.Token);
-        // Registered before it runs so that shutdown always finds it.
-        var start = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Task run = RunConnectionAsync(connection, start.Task);
-        _connections[connection] = run;
-        start.SetResult();
-        if (_stopping.IsCancellationRequested) connection.Abort();
-    }
-
-    private async Task RunConnectionAsync(NbdConnection connection, Task start)
-    {
-        await start.ConfigureAwait(false);
-        try
-        {
-            await connection.RunAsync().ConfigureAwait(false);
-        }
-        catch (Exception ex)
-        {
-            _logger.LogError(ex, "nbd {Peer}: connection failed", connection.Peer);
-        }
-        finally
-        {
-            _connections.TryRemove(connection, out _);
-            _logger.LogDebug("nbd {Peer}: connection closed", connection.Peer);
-        }
+        _connections.Start(new NbdConnection(client, peer, _catalog, _options, _logger, _stopping.Token));
     }
 
     private void Stop()
@@ -242,8 +184,7 @@ public sealed class NbdServer : IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Stop();
-        foreach (NbdConnection connection in _connections.Keys) connection.Abort();
-        await Task.WhenAll(_connections.Values).ConfigureAwait(false);
+        await _connections.AbortAllAsync().ConfigureAwait(false);
         CleanupListeners();
     }
 }
