@@ -62,10 +62,18 @@ internal sealed class PoolState : IDisposable
     {
         // Pass 1: new chunks, and every reference a Map record adds, before any reference is
         // dropped, so a chunk shared and unshared within one batch is never freed in between.
+        // MoveChunk data indexes count from the batch's data, or from its MovedData record's location.
+        uint moveBase = dataStartBlock;
         var reader = new RecordReader(records);
         while (reader.Next(out LogRecord r))
         {
-            if (r.Type == RecordType.NewChunk)
+            if (r.Type == RecordType.MovedData)
+            {
+                if (r.Count < 1 || SegmentOf(r.Value) >= SegmentLive.Length || SegmentOf(r.Value + (uint)r.Count - 1) != SegmentOf(r.Value))
+                    throw new InvalidDataException($"moved data at block {r.Value} (+{r.Count}) is not within one segment of the pool");
+                moveBase = r.Value;
+            }
+            else if (r.Type == RecordType.NewChunk)
             {
                 if (replaying) Chunks.Claim(r.ChunkId);
                 ref ChunkEntry e = ref Chunks[r.ChunkId];
@@ -88,9 +96,10 @@ internal sealed class PoolState : IDisposable
             switch (r.Type)
             {
                 case RecordType.NewChunk:
+                case RecordType.MovedData:
                     break;
                 case RecordType.MoveChunk:
-                    MoveChunk(r.ChunkId, dataStartBlock + (uint)r.DataIndex);
+                    MoveChunk(r.ChunkId, moveBase + (uint)r.DataIndex);
                     break;
                 case RecordType.Map:
                     DropRef(Volume(r.VolumeId).Map.Set(r.Block, r.ChunkId));

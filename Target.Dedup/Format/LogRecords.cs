@@ -26,6 +26,12 @@ public enum RecordType : byte
     CopyRange = 7,
     /// <summary>The cleaner moved a live chunk: its bytes are in this batch's data at DataIndex.</summary>
     MoveChunk = 8,
+    /// <summary>
+    /// The data of this batch's MoveChunk records was written outside the batch, at Location (the
+    /// cleaner's own segment, so long-lived data is kept apart from new writes): Blocks blocks with
+    /// CRC32C Crc, written before the batch and checked by replay like the batch's own data.
+    /// </summary>
+    MovedData = 9,
 }
 
 public static class BatchHeader
@@ -37,6 +43,7 @@ public static class BatchHeader
     public const int NewChunkBytes = 1 + 4 + 4 + 4 + Fingerprint.SizeBytes; // id, data index, crc, fp
     public const int MapBytes = 1 + 4 + 8 + 4;
     public const int MoveChunkBytes = 1 + 4 + 4;
+    public const int MovedDataBytes = 1 + 4 + 4 + 4;
     public const int MapRangeBytes = 1 + 4 + 8 + 8 + 4;
     public const int CopyRangeBytes = 1 + 4 + 8 + 4 + 8 + 8;
     public const int DeleteVolumeBytes = 1 + 4;
@@ -136,6 +143,15 @@ public ref struct RecordWriter
         s[0] = (byte)RecordType.MoveChunk;
         BinaryPrimitives.WriteUInt32LittleEndian(s[1..], id);
         BinaryPrimitives.WriteInt32LittleEndian(s[5..], dataIndex);
+    }
+
+    public void MovedData(uint location, int blocks, uint crc)
+    {
+        Span<byte> s = Take(BatchHeader.MovedDataBytes);
+        s[0] = (byte)RecordType.MovedData;
+        BinaryPrimitives.WriteUInt32LittleEndian(s[1..], location);
+        BinaryPrimitives.WriteInt32LittleEndian(s[5..], blocks);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[9..], crc);
     }
 
     public void Map(uint volumeId, long block, uint chunkId)
@@ -258,6 +274,12 @@ public ref struct RecordReader
                 length = Need(s, BatchHeader.MoveChunkBytes);
                 r.ChunkId = BinaryPrimitives.ReadUInt32LittleEndian(s[1..]);
                 r.DataIndex = BinaryPrimitives.ReadInt32LittleEndian(s[5..]);
+                break;
+            case RecordType.MovedData:
+                length = Need(s, BatchHeader.MovedDataBytes);
+                r.Value = BinaryPrimitives.ReadUInt32LittleEndian(s[1..]);
+                r.Count = BinaryPrimitives.ReadInt32LittleEndian(s[5..]);
+                r.Crc = BinaryPrimitives.ReadUInt32LittleEndian(s[9..]);
                 break;
             case RecordType.Map:
                 length = Need(s, BatchHeader.MapBytes);

@@ -1,7 +1,10 @@
 // The cleaner (garbage collector). Chunks are immutable and reached only through the chunk
-// table, so cleaning a segment means copying its live chunks to the log head with MoveChunk
-// records (maps, snapshots and the index keep the chunk ids), after which the segment holds
-// nothing live; the next checkpoint quarantines it and the one after frees it.
+// table, so cleaning a segment means copying its live chunks elsewhere with MoveChunk records
+// (maps, snapshots and the index keep the chunk ids), after which the segment holds nothing
+// live; the next checkpoint quarantines it and the one after frees it. Moved chunks go to the
+// cleaner's own segment (a MovedData record in a header-only batch says where), not the log
+// head: data that survived a cleaning tends to live on, and kept apart from new writes its
+// segments stay full while the new writes' segments empty out, so later cleanings move less.
 // Victims are chosen by cost-benefit: (1 - u) * age / (1 + u), u = live fraction.
 // Invariants: a move is applied only after its batch is durable; a chunk whose stored bytes
 // fail their CRC is never moved (its segment stays, and the error is logged); the cleaner
@@ -50,6 +53,9 @@ public sealed partial class Pool
     private int CheckpointBatchSegments => Math.Max(2, (int)(_super.SegmentCount / 64));
 
     private readonly List<uint> _victimChunks = new();
+    /// <summary>The segment moved chunks are written to (NoSegment until the cleaner needs one; not kept across restarts).</summary>
+    private uint _coldSegment = BatchHeader.NoSegment;
+    private uint _coldOffsetBlocks;
 
     private void StartCleaner()
     {
@@ -115,7 +121,7 @@ public sealed partial class Pool
                 // eat the room acknowledged writes are promised.
                 int live = _state.SegmentLive[victim];
                 long cost = live + (long)MaxHeaderBlocks * ((live + MaxBatchBlocks - 1) / MaxBatchBlocks + 1);
-                if (FreeBlocksLocked() - _reservedBlocks < cost) victim = BatchHeader.NoSegment;
+                if (FreeBlocksLocked() + ColdRoomLocked() - _reservedBlocks < cost) victim = BatchHeader.NoSegment;
             }
         }
         bool checkpointDue = dead + quarantined >= CheckpointBatchSegments
@@ -155,7 +161,7 @@ public sealed partial class Pool
         long dead = (long)_quarantine.Count * BlocksPerSegment;
         for (uint s = 0; s < _segments.Length; s++)
         {
-            if (_segments[s] == SegmentState.Used && s != _headSegment && s != _nextSegment)
+            if (_segments[s] == SegmentState.Used && !IsOpenSegmentLocked(s))
                 dead += BlocksPerSegment - _state.SegmentLive[s];
         }
         return dead;
@@ -166,7 +172,7 @@ public sealed partial class Pool
         int dead = 0;
         for (uint s = 0; s < _segments.Length; s++)
         {
-            if (_segments[s] == SegmentState.Used && s != _headSegment && s != _nextSegment && _state.SegmentLive[s] == 0) dead++;
+            if (_segments[s] == SegmentState.Used && !IsOpenSegmentLocked(s) && _state.SegmentLive[s] == 0) dead++;
         }
         return dead;
     }
@@ -180,7 +186,7 @@ public sealed partial class Pool
         for (uint s = 0; s < _segments.Length; s++)
         {
             // Dead segments (nothing live) need only a checkpoint, not cleaning.
-            if (_segments[s] != SegmentState.Used || s == _headSegment || s == _nextSegment || _state.SegmentLive[s] == 0) continue;
+            if (_segments[s] != SegmentState.Used || IsOpenSegmentLocked(s) || _state.SegmentLive[s] == 0) continue;
             double u = (double)_state.SegmentLive[s] / BlocksPerSegment;
             if (u > maxUtilization) continue;
             // Cleaning must gain more than the headers the moves cost.
@@ -218,7 +224,12 @@ public sealed partial class Pool
             var writer = new RecordWriter(_logBuffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
             int moved = 0;
             int room;
-            lock (_sync) room = DataRoomLocked();
+            uint coldLocation;
+            lock (_sync)
+            {
+                coldLocation = ColdPlacementLocked(_victimChunks.Count - next, out room);
+                if (coldLocation == BatchHeader.NoSegment) room = DataRoomLocked();
+            }
             for (; next < _victimChunks.Count && moved < room; next++)
             {
                 uint id = _victimChunks[next];
@@ -235,7 +246,37 @@ public sealed partial class Pool
                 moved++;
             }
             if (moved == 0) break;
-            WriteBatch(writer.Length, moved, metadataOnly: true);
+            if (coldLocation == BatchHeader.NoSegment)
+            {
+                WriteBatch(writer.Length, moved, metadataOnly: true);
+            }
+            else
+            {
+                // The data goes to the cleaner's segment; the batch (header only) records where.
+                // Both reach the disk with the batch's fdatasync; replay checks the data's CRC.
+                ReadOnlySpan<byte> movedData = dataArea[..(moved * ChunkBytes)];
+                writer.MovedData(coldLocation, moved, Crc32C.Compute(movedData));
+                try
+                {
+                    _device.Write(Superblock.BlockOffset(coldLocation), movedData);
+                }
+                catch (IOException e)
+                {
+                    Fail(new MediaErrorException($"cleaner write failed: {e.Message}", e));
+                    throw _failure!;
+                }
+                WriteBatch(writer.Length, 0, metadataOnly: true);
+                lock (_sync)
+                {
+                    _deviceBytesWritten += (long)moved * ChunkBytes;
+                    _coldOffsetBlocks += (uint)moved;
+                    if (_coldOffsetBlocks >= BlocksPerSegment)
+                    {
+                        SegmentSealed(_coldSegment);
+                        _coldSegment = BatchHeader.NoSegment;
+                    }
+                }
+            }
             _gcBytesMoved += (long)moved * ChunkBytes;
         }
         if (_state.SegmentLive[victim] == 0) _gcSegmentsCleaned++;
@@ -247,6 +288,34 @@ public sealed partial class Pool
             return false;
         }
         return true;
+    }
+
+    /// <summary>A segment the head, the log's next segment or the cleaner's segment is being written in.</summary>
+    private bool IsOpenSegmentLocked(uint s) => s == _headSegment || s == _nextSegment || s == _coldSegment;
+
+    /// <summary>Blocks left in the cleaner's segment (only moved chunks go there).</summary>
+    private long ColdRoomLocked() => _coldSegment == BatchHeader.NoSegment ? 0 : BlocksPerSegment - _coldOffsetBlocks;
+
+    /// <summary>
+    /// Where the next batch of moved chunks goes: the cleaner's own segment (returns the block to
+    /// write at and the room there), so data that survived cleaning is not mixed with new writes
+    /// and segments age apart; or NoSegment to move inline in the log (when opening a segment for
+    /// moved data would eat into space promised to dirty pages, or the pool is down to its last segments).
+    /// </summary>
+    private uint ColdPlacementLocked(int chunksLeft, out int room)
+    {
+        room = 0;
+        if (_coldSegment == BatchHeader.NoSegment)
+        {
+            long headers = (long)MaxHeaderBlocks * ((chunksLeft + MaxBatchBlocks - 1) / MaxBatchBlocks + 1);
+            if (_freeSegments.Count < 2 || FreeBlocksLocked() - BlocksPerSegment - _reservedBlocks < headers + MetadataReserveBlocks)
+                return BatchHeader.NoSegment;
+            _coldSegment = _freeSegments.Pop();
+            _segments[_coldSegment] = SegmentState.Used;
+            _coldOffsetBlocks = 0;
+        }
+        room = (int)Math.Min(MaxBatchBlocks, BlocksPerSegment - _coldOffsetBlocks);
+        return _coldSegment * (uint)BlocksPerSegment + _coldOffsetBlocks;
     }
 
     /// <summary>True when the cleaner can give back at least a segment's worth (so a writer should wait, not fail).</summary>

@@ -66,10 +66,18 @@ public sealed partial class Pool
     /// <summary>Blocks kept back for metadata-only batches (trim, delete) so a full pool can still free space.</summary>
     private long MetadataReserveBlocks => BlocksPerSegment / 2;
 
+    /// <summary>
+    /// Blocks dirty pages leave to the cleaner: the live rest of one victim segment and its batch
+    /// headers. Without it a large write cache in front of a nearly full pool reserves every free
+    /// block, the cleaner never finds room to move a victim, and writers end in ENOSPC although
+    /// most of the pool is dead.
+    /// </summary>
+    private long CleanerReserveBlocks => BlocksPerSegment + (long)MaxHeaderBlocks * (BlocksPerSegment / MaxBatchBlocks + 2);
+
     /// <summary>Space check for a page about to become dirty: 1 data block plus a worst-case header share.</summary>
     private bool TryReserveForPageLocked()
     {
-        if (FreeBlocksLocked() - _reservedBlocks - 2 < MetadataReserveBlocks) return false;
+        if (FreeBlocksLocked() - _reservedBlocks - 2 < MetadataReserveBlocks + CleanerReserveBlocks) return false;
         _reservedBlocks += 2;
         return true;
     }
@@ -117,6 +125,9 @@ public sealed partial class Pool
 
         for (uint s = 0; s < _segments.Length; s++)
         {
+            // The cleaner's segment of moved data is taken after a checkpoint that still lists it
+            // free; the replayed moves into it make it used.
+            if (_segments[s] == SegmentState.Free && _state.SegmentLive[s] > 0) _segments[s] = SegmentState.Used;
             if (_segments[s] == SegmentState.Free) _freeSegments.Push(s);
             else if (_segments[s] == SegmentState.Quarantined) _quarantine.Add(s);
         }
@@ -221,11 +232,38 @@ public sealed partial class Pool
                 _device.Read(offset + (long)info.HeaderBlocks * ChunkBytes, d);
                 if (Hashing.Crc32C.Compute(d) != info.DataCrc) return false;
             }
+            if (!MovedDataIntact(header.Slice(BatchHeader.FixedBytes, info.RecordBytes), data)) return false;
         }
         catch (IOException e)
         {
             _log.LogWarning("journal read at segment {Segment}+{Offset} failed ({Message}); treating it as the end of the log", segment, offsetBlocks, e.Message);
             return false;
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// The cleaner's batches may carry their data outside the batch (a MovedData record): it was
+    /// written before the batch but shares its fdatasync, so a crash can leave the batch durable
+    /// and the data torn; such a batch ends the log like one whose own data is torn.
+    /// </summary>
+    private bool MovedDataIntact(ReadOnlySpan<byte> records, AlignedBuffer data)
+    {
+        var reader = new RecordReader(records);
+        try
+        {
+            while (reader.Next(out LogRecord r))
+            {
+                if (r.Type != RecordType.MovedData) continue;
+                if (r.Count < 1 || r.Count > MaxBatchBlocks || (long)r.Value + r.Count > (long)_super.SegmentCount * BlocksPerSegment) return false;
+                Span<byte> d = data.Slice(0, (int)r.Count * ChunkBytes);
+                _device.Read(Superblock.BlockOffset(r.Value), d);
+                if (Hashing.Crc32C.Compute(d) != r.Crc) return false;
+            }
+        }
+        catch (InvalidDataException)
+        {
+            // The header's CRC held, so this is no torn write: let applying it report the problem.
         }
         return true;
     }
@@ -345,7 +383,7 @@ public sealed partial class Pool
             // quarantine them now, and reuse them after the next checkpoint is durable.
             for (uint s = 0; s < _segments.Length; s++)
             {
-                if (_segments[s] == SegmentState.Used && s != _headSegment && s != _nextSegment && _state.SegmentLive[s] == 0)
+                if (_segments[s] == SegmentState.Used && !IsOpenSegmentLocked(s) && _state.SegmentLive[s] == 0)
                     nowDead.Add(s);
             }
             segments = (SegmentState[])_segments.Clone();

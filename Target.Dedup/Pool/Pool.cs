@@ -325,13 +325,14 @@ public sealed partial class Pool : IAsyncDisposable
             }
             deadBlocks -= BlocksPerSegment - _headOffsetBlocks; // the head's unwritten rest is free, not dead
             if (_nextSegment != BatchHeader.NoSegment) deadBlocks -= BlocksPerSegment;
+            deadBlocks -= ColdRoomLocked(); // so is the cleaner's segment's
             long indexRam = _state.Index.RamBytes, tableRam = _state.Chunks.RamBytes, mapRam = _state.MapRamBytes();
             return new PoolStats
             {
                 Uuid = Uuid,
                 Fingerprint = _super.Fingerprint == FingerprintAlgorithm.Sha256 ? "sha256" : "xxh3-128",
                 CapacityBytes = (long)_super.SegmentCount * _super.SegmentBytes,
-                FreeBytes = FreeBlocksLocked() * ChunkBytes,
+                FreeBytes = (FreeBlocksLocked() + ColdRoomLocked()) * ChunkBytes,
                 PhysicalBytes = unique * ChunkBytes,
                 LogicalBytes = logicalBlocks * ChunkBytes,
                 UniqueChunks = unique,

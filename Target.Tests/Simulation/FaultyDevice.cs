@@ -3,6 +3,9 @@
 //   Tear: the write persists only a prefix of its sectors, then the "process dies": this and
 //         every later write or flush throws IOException (the pool stops; the test abandons it).
 //   Drop: the write reports success but persists nothing (a lying device).
+//   LoseEarlierWrites: at the first flush that follows two or more writes, every one of those
+//         writes but the last is undone (its old bytes come back), then the "process dies": a
+//         power loss that kept a later write and lost an earlier one (the disk reordered them).
 //   BeforeWrite: a callback run before each write (outside the device's lock), to make another
 //         request happen exactly while a journal write is in flight.
 // Reads are never faulted. Everything random comes from the seed given at construction.
@@ -49,6 +52,17 @@ internal sealed class FaultyDevice : IBlockDevice
         lock (_gate) _dropCountdown = writesBefore;
     }
 
+    /// <summary>Offset and sector count of the first write undone by the armed reordering power loss.</summary>
+    public (long Offset, int Sectors)? LastLoss { get; private set; }
+
+    private bool _loseEarlierWrites;
+    private readonly List<(long Offset, AlignedBuffer Old)> _unflushed = new();
+
+    public void ArmLoseEarlierWrites()
+    {
+        lock (_gate) { _loseEarlierWrites = true; DisposeUnflushed(); }
+    }
+
     public Action<long, int>? BeforeWrite { get; set; }
 
     public void Read(long offsetBytes, Span<byte> destination) => _inner.Read(offsetBytes, destination);
@@ -74,14 +88,40 @@ internal sealed class FaultyDevice : IBlockDevice
                 LastDrop = (offsetBytes, sectors);
                 return;
             }
+            if (_loseEarlierWrites)
+            {
+                // O_DIRECT devices want aligned buffers.
+                var old = new AlignedBuffer(source.Length);
+                _inner.Read(offsetBytes, old.Span);
+                _unflushed.Add((offsetBytes, old));
+            }
         }
         _inner.Write(offsetBytes, source);
     }
 
     public void Flush()
     {
-        if (Crashed) throw new IOException("simulated crash: the process is dead");
+        lock (_gate)
+        {
+            if (Crashed) throw new IOException("simulated crash: the process is dead");
+            if (_loseEarlierWrites && _unflushed.Count >= 2)
+            {
+                for (int i = _unflushed.Count - 2; i >= 0; i--) _inner.Write(_unflushed[i].Offset, _unflushed[i].Old.Span);
+                LastLoss = (_unflushed[0].Offset, _unflushed[0].Old.Span.Length / Sector);
+                _loseEarlierWrites = false;
+                DisposeUnflushed();
+                Crashed = true;
+                throw new IOException("simulated crash: power lost with the last write on disk and the earlier ones not");
+            }
+            DisposeUnflushed();
+        }
         _inner.Flush();
+    }
+
+    private void DisposeUnflushed()
+    {
+        foreach ((long _, AlignedBuffer old) in _unflushed) old.Dispose();
+        _unflushed.Clear();
     }
 
     public void Dispose() => _inner.Dispose();

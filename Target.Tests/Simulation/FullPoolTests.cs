@@ -57,8 +57,9 @@ public sealed class FullPoolTests(ITestOutputHelper output)
             }
             await Assert.ThrowsAsync<NoSpaceException>(() => v.WriteAsync(written * Chunk, Pattern(written, 1), WriteFlags.None, None).AsTask());
             output.WriteLine($"{written} blocks written in all; free {pool.GetStats().FreeBytes}");
-            // wt commits every single-block write as its own batch (header + data): about half the blocks hold data.
-            Assert.True(written > (mode == WriteMode.WriteThrough ? 2 : 3) * 1024, $"only {written} blocks fit in 6 segments of 1024");
+            // wt commits every single-block write as its own batch (header + data): about half the blocks hold
+            // data. Dirty pages also leave the cleaner room to move one segment (a segment and its headers).
+            Assert.True(written > (mode == WriteMode.WriteThrough ? 1900 : 3 * 1024), $"only {written} blocks fit in 6 segments of 1024");
             for (long b = 0; b < written; b += 7) Assert.Equal(Pattern(b, 1), await ReadAsync(v, b * Chunk, Chunk));
             // Trim works on a full pool, and reads of the rest go on.
             await v.TrimAsync(0, written / 2 * Chunk, None);

@@ -5,12 +5,21 @@
 #   WA = device bytes written / host bytes written, over the overwrite phase only,
 # plus the cleaner's work and the space in use afterwards. A benchmark, not a test.
 #   POOL_SIZE=2G FILL=80 OVERWRITE=4G TARGET_BIN=bin/target bash tools/bench/gc-wa.sh
+# PATTERN=uniform (default): every write picks a block uniformly at random (fio --norandommap),
+#   so a block's next overwrite is equally likely at any time: no policy can tell hot from cold.
+# PATTERN=permutation: fio's random map, each pass writes every block once in a random order.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 POOL_SIZE=${POOL_SIZE:-2G}
 FILL=${FILL:-80}
 OVERWRITE=${OVERWRITE:-4G}
+PATTERN=${PATTERN:-uniform}
+case "$PATTERN" in
+  uniform) randommap=(--norandommap) ;;
+  permutation) randommap=() ;;
+  *) echo "gc-wa: PATTERN is uniform or permutation" >&2; exit 2 ;;
+esac
 TARGET_BIN=${TARGET_BIN:-bin/target}
 [[ -x "$TARGET_BIN" ]] || { echo "gc-wa: $TARGET_BIN missing: run make build" >&2; exit 1; }
 command -v fio >/dev/null || { echo "gc-wa: fio missing: bash tools/install-deps.sh" >&2; exit 1; }
@@ -33,13 +42,13 @@ field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 capacity=$(stats | field capacityBytes)
 volume=$(( capacity * FILL / 100 / 1048576 ))M
 "$TARGET_BIN" volume create wa --admin "$admin" --size "$volume" >/dev/null
-echo "pool $POOL_SIZE (capacity $((capacity >> 20)) MiB), volume $volume (${FILL}% fill), overwrite $OVERWRITE; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "pool $POOL_SIZE (capacity $((capacity >> 20)) MiB), volume $volume (${FILL}% fill), overwrite $OVERWRITE ($PATTERN); load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 fio --name=fill --ioengine=nbd --uri="nbd://$nbd/wa" --rw=write --bs=1M --iodepth=8 --refill_buffers --randrepeat=0 --output-format=terse >/dev/null
 s0=$(stats)
 start=$(date +%s.%N)
 fio --name=overwrite --ioengine=nbd --uri="nbd://$nbd/wa" --rw=randwrite --bs=4k --iodepth=32 --io_size="$OVERWRITE" \
-    --refill_buffers --randrepeat=0 --norandommap --output-format=json >"$work/fio.json"
+    --refill_buffers --randrepeat=0 "${randommap[@]}" --output-format=json >"$work/fio.json"
 end=$(date +%s.%N)
 s1=$(stats)
 python3 - "$s0" "$s1" "$work/fio.json" "$start" "$end" <<'PY'
