@@ -38,6 +38,7 @@ public sealed partial class Pool
     private long[] _segmentSealedMs = Array.Empty<long>();
     private AlignedBuffer? _cleanerBuffer;
     private long _gcBytesMoved;
+    private long _gcBytesMovedInline;
     private long _gcSegmentsCleaned;
     private long _gcTicks;
     private long _hostBytesWritten;
@@ -249,6 +250,7 @@ public sealed partial class Pool
             if (coldLocation == BatchHeader.NoSegment)
             {
                 WriteBatch(writer.Length, moved, metadataOnly: true);
+                _gcBytesMovedInline += (long)moved * ChunkBytes;
             }
             else
             {
@@ -300,7 +302,7 @@ public sealed partial class Pool
     /// Where the next batch of moved chunks goes: the cleaner's own segment (returns the block to
     /// write at and the room there), so data that survived cleaning is not mixed with new writes
     /// and segments age apart; or NoSegment to move inline in the log (when opening a segment for
-    /// moved data would eat into space promised to dirty pages, or the pool is down to its last segments).
+    /// moved data would eat into space promised to dirty pages, or no segment is free).
     /// </summary>
     private uint ColdPlacementLocked(int chunksLeft, out int room)
     {
@@ -308,7 +310,7 @@ public sealed partial class Pool
         if (_coldSegment == BatchHeader.NoSegment)
         {
             long headers = (long)MaxHeaderBlocks * ((chunksLeft + MaxBatchBlocks - 1) / MaxBatchBlocks + 1);
-            if (_freeSegments.Count < 2 || FreeBlocksLocked() - BlocksPerSegment - _reservedBlocks < headers + MetadataReserveBlocks)
+            if (_freeSegments.Count == 0 || FreeBlocksLocked() - BlocksPerSegment - _reservedBlocks < headers + MetadataReserveBlocks)
                 return BatchHeader.NoSegment;
             _coldSegment = _freeSegments.Pop();
             _segments[_coldSegment] = SegmentState.Used;

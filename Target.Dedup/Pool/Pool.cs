@@ -359,6 +359,7 @@ public sealed partial class Pool : IAsyncDisposable
                 LiveBytes = unique * ChunkBytes,
                 DeadBytes = deadBlocks * ChunkBytes,
                 GcBytesMoved = _gcBytesMoved,
+                GcBytesMovedInline = _gcBytesMovedInline,
                 GcSegmentsCleaned = _gcSegmentsCleaned,
                 GcMs = _gcTicks * 1000.0 / Stopwatch.Frequency,
                 HostBytesWritten = Interlocked.Read(ref _hostBytesWritten),

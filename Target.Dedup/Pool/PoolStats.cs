@@ -49,6 +49,8 @@ public sealed record PoolStats
     /// <summary>Bytes in used segments that hold no live chunk (garbage, journal headers, torn tails): what the cleaner can reclaim.</summary>
     public long DeadBytes { get; init; }
     public long GcBytesMoved { get; init; }
+    /// <summary>Of GcBytesMoved, the bytes moved inline into the log head (no room for the cleaner's own segment).</summary>
+    public long GcBytesMovedInline { get; init; }
     public long GcSegmentsCleaned { get; init; }
     public double GcMs { get; init; }
     /// <summary>Bytes written by hosts (accepted writes, before dedup).</summary>

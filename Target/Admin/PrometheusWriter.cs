@@ -37,6 +37,7 @@ public static class PrometheusWriter
             Gauge(text, "target_pool_live_bytes", "Bytes of live chunks.", pool.LiveBytes);
             Gauge(text, "target_pool_dead_bytes", "Bytes in used segments that the cleaner can reclaim.", pool.DeadBytes);
             Counter(text, "target_pool_gc_moved_bytes_total", "Bytes moved by the segment cleaner.", pool.GcBytesMoved);
+            Counter(text, "target_pool_gc_moved_inline_bytes_total", "Bytes the cleaner moved into the log head rather than its own segment.", pool.GcBytesMovedInline);
             Counter(text, "target_pool_gc_segments_cleaned_total", "Segments cleaned.", pool.GcSegmentsCleaned);
             Counter(text, "target_pool_gc_seconds_total", "Time spent cleaning segments.", pool.GcMs / 1000.0);
             Counter(text, "target_pool_host_written_bytes_total", "Bytes written by hosts, before dedup.", pool.HostBytesWritten);

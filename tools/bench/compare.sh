@@ -23,7 +23,7 @@
 #   TARGET_BIN=bin/target        the Target binary to measure
 #   TARGET_ARGS=""   extra `target serve` arguments (e.g. "--write-mode wt")
 #   SERVERS=target,nbdkit-memory,nbdkit-file,qemu-nbd,raw-disk,tgtd
-#   WORKLOADS=randwrite,randread,seqwrite,dedup50,mix7030,qimg-write,qimg-read,iperf-randread
+#   WORKLOADS=randwrite,randread,seqwrite,seqwrite-dup,dedup50,mix7030,qimg-write,qimg-read,iperf-randread
 #   SETTLE_MAX=30    after each job, wait up to this many seconds for the server to go idle
 #                    (Target destages its write cache); that CPU time is counted
 #   OUT=/tmp/target-bench-<date>.md   the markdown report (results also in <OUT>.jsonl)
@@ -44,7 +44,7 @@ POOL_SIZE=${POOL_SIZE:-8G}
 TARGET_BIN=${TARGET_BIN:-$repo/bin/target}
 TARGET_ARGS=${TARGET_ARGS:-}
 SERVERS=${SERVERS:-target,nbdkit-memory,nbdkit-file,qemu-nbd,raw-disk,tgtd}
-WORKLOADS=${WORKLOADS:-randwrite,randread,seqwrite,dedup50,mix7030,qimg-write,qimg-read,iperf-randread}
+WORKLOADS=${WORKLOADS:-randwrite,randread,seqwrite,seqwrite-dup,dedup50,mix7030,qimg-write,qimg-read,iperf-randread}
 SETTLE_MAX=${SETTLE_MAX:-30}
 KEEP=${KEEP:-0}
 started_at=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -264,11 +264,12 @@ declare -A FIO_ARGS=(
   [randwrite]="--rw=randwrite --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --norandommap"
   [randread]="--rw=randread --bs=4k --iodepth=32 --randrepeat=0 --norandommap"
   [seqwrite]="--rw=write --bs=1m --iodepth=8 --refill_buffers"
+  [seqwrite-dup]="--rw=write --bs=1m --iodepth=8 --buffer_pattern=0x54415247"
   [dedup50]="--rw=randwrite --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --norandommap --dedupe_percentage=50"
   [mix7030]="--rw=randrw --rwmixread=70 --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --norandommap"
 )
 nbd_workloads=() iscsi_workloads=()
-for w in randwrite randread seqwrite dedup50 mix7030; do in_list "$WORKLOADS" "$w" && nbd_workloads+=("$w"); done
+for w in randwrite randread seqwrite seqwrite-dup dedup50 mix7030; do in_list "$WORKLOADS" "$w" && nbd_workloads+=("$w"); done
 for w in qimg-write qimg-read iperf-randread; do in_list "$WORKLOADS" "$w" && iscsi_workloads+=("$w"); done
 
 engine_args() {  # the fio engine/target arguments of a server

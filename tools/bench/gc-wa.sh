@@ -59,9 +59,10 @@ job = json.loads(text[text.index('{'):])["jobs"][0]["write"]
 host = s1["hostBytesWritten"] - s0["hostBytesWritten"]
 device = s1["deviceBytesWritten"] - s0["deviceBytesWritten"]
 moved = s1["gcBytesMoved"] - s0["gcBytesMoved"]
+inline = s1.get("gcBytesMovedInline", 0) - s0.get("gcBytesMovedInline", 0)
 used = s1["capacityBytes"] - s1["freeBytes"]
 print(f"overwrite: {job['iops']:.0f} IOPS, {host / 2**20:.0f} MiB from the host in {float(sys.argv[5]) - float(sys.argv[4]):.0f} s")
-print(f"write amplification {device / host:.2f} (device {device / 2**20:.0f} MiB, cleaner moved {moved / 2**20:.0f} MiB, "
+print(f"write amplification {device / host:.2f} (device {device / 2**20:.0f} MiB, cleaner moved {moved / 2**20:.0f} MiB ({inline / 2**20:.0f} MiB inline), "
       f"{s1['gcSegmentsCleaned'] - s0['gcSegmentsCleaned']} segments cleaned, {(s1['gcMs'] - s0['gcMs']) / 1000:.1f} s in the cleaner)")
 print(f"after: live {s1['liveBytes'] / 2**20:.0f} MiB, in use {used / 2**20:.0f} MiB, free segments {s1['segmentsFree']}/{s1['segmentsTotal']}")
 PY
