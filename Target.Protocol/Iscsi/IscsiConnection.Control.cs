@@ -269,6 +269,7 @@ internal sealed partial class IscsiConnection
         var pending = new PendingAbort();
         byte response;
         int aborted = 0;
+        uint additional = 0;
 
         switch (function)
         {
@@ -345,12 +346,47 @@ internal sealed partial class IscsiConnection
             case IscsiTaskFunction.TaskReassign:
                 response = IscsiTaskResponse.ReassignmentNotSupported;
                 break;
+            case IscsiTaskFunction.QueryTask:
+                // SAM-5 7.9: FUNCTION SUCCEEDED when the task is in the task set, FUNCTION COMPLETE when not.
+                if (lun != 0)
+                {
+                    response = IscsiTaskResponse.LunDoesNotExist;
+                    break;
+                }
+                response = IsInTaskSet(FindTask(referencedTag), lun) ? IscsiTaskResponse.FunctionSucceeded : IscsiTaskResponse.FunctionComplete;
+                break;
+            case IscsiTaskFunction.QueryTaskSet:
+                // SAM-5 7.10: any task of this I_T nexus on the logical unit.
+                if (lun != 0)
+                {
+                    response = IscsiTaskResponse.LunDoesNotExist;
+                    break;
+                }
+                response = HasTasksInTaskSet(lun) ? IscsiTaskResponse.FunctionSucceeded : IscsiTaskResponse.FunctionComplete;
+                break;
+            case IscsiTaskFunction.QueryAsyncEvent:
+                // SAM-5 7.8: a pending unit attention (there are no deferred errors) is reported, not cleared.
+                if (lun != 0 || _nexus is null)
+                {
+                    response = IscsiTaskResponse.LunDoesNotExist;
+                    break;
+                }
+                if (_nexus.TryPeekUnitAttention(out ushort ascAscq, out int pendingCount))
+                {
+                    response = IscsiTaskResponse.FunctionSucceeded;
+                    additional = QueryAsyncEventInformation(ascAscq, pendingCount);
+                }
+                else
+                {
+                    response = IscsiTaskResponse.FunctionComplete;
+                }
+                break;
             default:
                 response = IscsiTaskResponse.NotSupported;
                 break;
         }
 
-        IscsiPduWriter.TaskManagementResponse(control.Bhs, response, header.InitiatorTaskTag);
+        IscsiPduWriter.TaskManagementResponse(control.Bhs, response, header.InitiatorTaskTag, additional);
         pending.Arm(_options.AbortWaitTimeout);
         _logger.LogInformation("iscsi {Peer}: task management function {Function} (ref 0x{Ref:x8}): response {Response}, {Count} task(s) aborted, {Running} still running",
             Peer, function, referencedTag, response, aborted, pending.Running);
@@ -489,6 +525,33 @@ internal sealed partial class IscsiConnection
         }
         if (collecting) EndCollecting(task);
         return true;
+    }
+
+    /// <summary>A task of this session in the task set: not aborted and not finished (a finished one's status goes out before this answer).</summary>
+    private bool IsInTaskSet(IscsiTask? task, ulong lun)
+    {
+        if (task is null) return false;
+        lock (_taskLock) return task.Lun == lun && !task.Dropped && task.State != IscsiTaskState.Done;
+    }
+
+    private bool HasTasksInTaskSet(ulong lun)
+    {
+        lock (_taskLock)
+        {
+            foreach (IscsiTask task in _tasks.Values)
+                if (task.Lun == lun && !task.Dropped && task.State != IscsiTaskState.Done) return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// ADDITIONAL RESPONSE INFORMATION of QUERY ASYNCHRONOUS EVENT (SAM-5): UADE DEPTH (01b one
+    /// pending, 10b more than one) and SENSE KEY in the first byte, then ASC and ASCQ.
+    /// </summary>
+    internal static uint QueryAsyncEventInformation(ushort ascAscq, int pending)
+    {
+        uint depth = pending > 1 ? 2u : 1u;
+        return (depth << 4 | (uint)SenseKey.UnitAttention) << 16 | ascAscq;
     }
 
     /// <summary>Receive loop: a task an earlier abort dropped ends (if still collecting data) and <paramref name="pending"/> waits for its release.</summary>

@@ -214,4 +214,71 @@ public sealed class IscsiTaskManagementTests : IAsyncDisposable
         Assert.DoesNotContain(others, pdu => pdu.Itt == readItt);
         Assert.Equal(0, (await owner.CommandAsync(Cdb.TestUnitReady(), 0)).Status);
     }
+
+    // ---- QUERY TASK, QUERY TASK SET, QUERY ASYNCHRONOUS EVENT ----
+
+    [Fact]
+    public async Task Query_task_and_query_task_set_report_a_running_task_without_touching_it()
+    {
+        Start();
+        RawIscsiSession owner = await LoginAsync("owner", 1);
+        RawIscsiSession other = await LoginAsync("other", 2);
+
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(owner, IscsiTaskFunction.QueryTaskSet)).Bhs[2]);
+        uint readItt = await HoldReadAsync(owner);
+
+        Assert.Equal(IscsiTaskResponse.FunctionSucceeded, (await TaskManagementAsync(owner, IscsiTaskFunction.QueryTask, readItt)).Bhs[2]);
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(owner, IscsiTaskFunction.QueryTask, 0x7777)).Bhs[2]);
+        Assert.Equal(IscsiTaskResponse.FunctionSucceeded, (await TaskManagementAsync(owner, IscsiTaskFunction.QueryTaskSet)).Bhs[2]);
+        Assert.Equal(IscsiTaskResponse.LunDoesNotExist, (await TaskManagementAsync(owner, IscsiTaskFunction.QueryTaskSet, lun: 1)).Bhs[2]);
+        // Another I_T nexus neither sees the task nor has one of its own.
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(other, IscsiTaskFunction.QueryTask, readItt)).Bhs[2]);
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(other, IscsiTaskFunction.QueryTaskSet)).Bhs[2]);
+
+        // The query changed nothing: the read completes with its data.
+        _volume.Open();
+        RawScsiResult read = await owner.ResultAsync(readItt, s_wait);
+        Assert.Equal(0, read.Status);
+        Assert.Equal(Block, read.DataIn.Length);
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(owner, IscsiTaskFunction.QueryTask, readItt)).Bhs[2]);
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(owner, IscsiTaskFunction.QueryTaskSet)).Bhs[2]);
+    }
+
+    [Fact]
+    public async Task Query_async_event_reports_the_pending_unit_attention_and_leaves_it_pending()
+    {
+        Start();
+        RawIscsiSession resetter = await LoginAsync("resetter", 1);
+        RawIscsiSession other = await LoginAsync("other", 2);
+
+        RawPdu none = await TaskManagementAsync(other, IscsiTaskFunction.QueryAsyncEvent);
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, none.Bhs[2]);
+        Assert.Equal(new byte[3], none.Bhs.AsSpan(8, 3).ToArray());
+        Assert.Equal(IscsiTaskResponse.LunDoesNotExist, (await TaskManagementAsync(other, IscsiTaskFunction.QueryAsyncEvent, lun: 3)).Bhs[2]);
+
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(resetter, IscsiTaskFunction.LogicalUnitReset)).Bhs[2]);
+        RawPdu pending = await TaskManagementAsync(other, IscsiTaskFunction.QueryAsyncEvent);
+        Assert.Equal(IscsiTaskResponse.FunctionSucceeded, pending.Bhs[2]);
+        Assert.Equal(0x10 | (byte)SenseKey.UnitAttention, pending.Bhs[8]);   // UADE DEPTH 01b: one pending
+        Assert.Equal(0x29, pending.Bhs[9]);
+        Assert.Equal(0x03, pending.Bhs[10]);
+
+        // Still pending: the next command reports it, and then it is gone.
+        AssertSense(await other.CommandAsync(Cdb.TestUnitReady(), 0), SenseKey.UnitAttention, Asc.BusDeviceResetOccurred);
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, (await TaskManagementAsync(other, IscsiTaskFunction.QueryAsyncEvent)).Bhs[2]);
+    }
+
+    [Fact]
+    public void Query_async_event_information_packs_depth_sense_key_and_code()
+    {
+        Assert.Equal(0x16_29_03u, IscsiConnection.QueryAsyncEventInformation(Asc.BusDeviceResetOccurred, 1));
+        Assert.Equal(0x26_2A_05u, IscsiConnection.QueryAsyncEventInformation(Asc.RegistrationsPreempted, 3));
+        byte[] bhs = new byte[48];
+        IscsiPduWriter.TaskManagementResponse(bhs, IscsiTaskResponse.FunctionSucceeded, 0x1234, 0x16_29_03);
+        Assert.Equal(0x22, bhs[0]);
+        Assert.Equal(0x80, bhs[1]);
+        Assert.Equal(IscsiTaskResponse.FunctionSucceeded, bhs[2]);
+        Assert.Equal(new byte[] { 0x16, 0x29, 0x03, 0, 0, 0, 0, 0 }, bhs.AsSpan(8, 8).ToArray());
+        Assert.Equal(0x1234u, BinaryPrimitives.ReadUInt32BigEndian(bhs.AsSpan(16)));
+    }
 }
