@@ -4,7 +4,8 @@
 // restart is treated like a controller failover, not a power loss: cluster fencing relies on it).
 //
 // Invariants:
-// - Every change happens under _prLock and is on disk (temp file, fsync, rename) before GOOD.
+// - Every change happens under _prLock and is on disk (temp file, fsync, rename, directory fsync)
+//   before GOOD.
 // - At most one reservation, of LU scope. Its holder is registered; with the all-registrants
 //   types (WE-AR, EA-AR) every registrant holds it and _prHolder is null.
 // - PRgeneration grows by one for each successful REGISTER, REGISTER AND IGNORE EXISTING KEY,
@@ -113,18 +114,12 @@ public sealed partial class ScsiLogicalUnit
         }
     }
 
-    /// <summary>Writes the state durably (temp file, fsync, rename). Called under _prLock.</summary>
+    /// <summary>Writes the state durably (temp file, fsync, rename, fsync of the directory). Called under _prLock.</summary>
     private void SavePersistentReservations()
     {
         if (_prPath is null) return;
         byte[] json = JsonSerializer.SerializeToUtf8Bytes(_pr, ScsiPrJsonContext.Default.ScsiPrState);
-        string temp = _prPath + ".tmp";
-        using (var file = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            file.Write(json);
-            file.Flush(flushToDisk: true);
-        }
-        File.Move(temp, _prPath, overwrite: true);
+        ScsiStateFile.Replace(_prPath, json);
     }
 
     private ScsiPrRegistration? FindRegistration(string initiatorPort)
