@@ -275,13 +275,13 @@ internal sealed partial class IscsiConnection
         {
             case IscsiTaskFunction.AbortTask:
                 {
-                    IscsiTask? task = FindTask(referencedTag);
-                    if (task is not null && !task.Dropped && task.Lun == lun && AbortOwnTask(task, pending))
+                    OwnAbort outcome = AbortOwnTask(referencedTag, lun, pending);
+                    if (outcome == OwnAbort.Aborted)
                     {
                         aborted = 1;
                         response = IscsiTaskResponse.FunctionComplete;
                     }
-                    else if (task is null && !SerialLess(referencedCmdSn, _expCmdSn) && SerialLess(referencedCmdSn, header.CmdSn))
+                    else if (outcome == OwnAbort.NotFound && !SerialLess(referencedCmdSn, _expCmdSn) && SerialLess(referencedCmdSn, header.CmdSn))
                     {
                         // RFC 7143 11.5.1 b): a command not received yet (inside the window, before this
                         // request) is considered received and done.
@@ -289,10 +289,7 @@ internal sealed partial class IscsiConnection
                     }
                     else
                     {
-                        // Not found, or its response is already on its way: the task completed. A task
-                        // another session's task management dropped is gone too, but its tag must be
-                        // free when this response arrives: it ends now and the response waits for it.
-                        if (task is not null && task.Dropped && task.Lun == lun) WaitForDropped(task, pending);
+                        // Not found, or its response is already on its way: the task completed.
                         response = IscsiTaskResponse.TaskDoesNotExist;
                     }
                     break;
@@ -353,7 +350,7 @@ internal sealed partial class IscsiConnection
                     response = IscsiTaskResponse.LunDoesNotExist;
                     break;
                 }
-                response = IsInTaskSet(FindTask(referencedTag), lun) ? IscsiTaskResponse.FunctionSucceeded : IscsiTaskResponse.FunctionComplete;
+                response = IsInTaskSet(referencedTag, lun) ? IscsiTaskResponse.FunctionSucceeded : IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.QueryTaskSet:
                 // SAM-5 7.10: any task of this I_T nexus on the logical unit.
@@ -511,27 +508,56 @@ internal sealed partial class IscsiConnection
         return count;
     }
 
-    /// <summary>Receive loop: ABORT TASK. False when the task's response claimed it first.</summary>
-    private bool AbortOwnTask(IscsiTask task, PendingAbort pending)
+    private enum OwnAbort : byte
     {
+        Aborted,
+        NotFound,
+        OtherLun,
+        /// <summary>Its response claimed it first, or an earlier abort (maybe from another session) did.</summary>
+        AlreadyEnding,
+    }
+
+    /// <summary>
+    /// Receive loop: ABORT TASK. The lookup and the claim happen under one hold of the task lock,
+    /// so a task released (and reset for reuse) in between is never claimed. A task an earlier abort
+    /// dropped is gone too, but its tag must be free when the answer arrives: it ends now if it was
+    /// still collecting data and <paramref name="pending"/> waits for its release.
+    /// </summary>
+    private OwnAbort AbortOwnTask(uint itt, ulong lun, PendingAbort pending)
+    {
+        IscsiTask? task;
+        OwnAbort outcome;
         bool collecting;
         lock (_taskLock)
         {
-            if (!task.TryClaimForAbort()) return false;
-            task.Aborted = true;
-            task.Dropped = true;
+            if (!_tasks.TryGetValue(itt, out task)) return OwnAbort.NotFound;
+            if (task.Lun != lun) return OwnAbort.OtherLun;
+            if (task.TryClaimForAbort())
+            {
+                task.Aborted = true;
+                task.Dropped = true;
+                outcome = OwnAbort.Aborted;
+            }
+            else if (task.AbortClaimed)
+            {
+                outcome = OwnAbort.AlreadyEnding;
+            }
+            else
+            {
+                return OwnAbort.AlreadyEnding;   // its response is on its way
+            }
             WaitFor(task, pending);
             collecting = task.State == IscsiTaskState.Collecting;
         }
         if (collecting) EndCollecting(task);
-        return true;
+        return outcome;
     }
 
     /// <summary>A task of this session in the task set: not aborted and not finished (a finished one's status goes out before this answer).</summary>
-    private bool IsInTaskSet(IscsiTask? task, ulong lun)
+    private bool IsInTaskSet(uint itt, ulong lun)
     {
-        if (task is null) return false;
-        lock (_taskLock) return task.Lun == lun && !task.Dropped && task.State != IscsiTaskState.Done;
+        lock (_taskLock)
+            return _tasks.TryGetValue(itt, out IscsiTask? task) && task.Lun == lun && !task.Dropped && task.State != IscsiTaskState.Done;
     }
 
     private bool HasTasksInTaskSet(ulong lun)
@@ -552,19 +578,6 @@ internal sealed partial class IscsiConnection
     {
         uint depth = pending > 1 ? 2u : 1u;
         return (depth << 4 | (uint)SenseKey.UnitAttention) << 16 | ascAscq;
-    }
-
-    /// <summary>Receive loop: a task an earlier abort dropped ends (if still collecting data) and <paramref name="pending"/> waits for its release.</summary>
-    private void WaitForDropped(IscsiTask task, PendingAbort pending)
-    {
-        bool collecting;
-        lock (_taskLock)
-        {
-            if (!task.AbortClaimed) return;
-            WaitFor(task, pending);
-            collecting = task.State == IscsiTaskState.Collecting;
-        }
-        if (collecting) EndCollecting(task);
     }
 
     /// <summary>Receive loop: an aborted task still waiting for data ends now; the sender drops its response and releases it.</summary>

@@ -112,9 +112,10 @@ public sealed class IscsiTaskManagementTests : IAsyncDisposable
         Assert.Null(await session.ReceiveForAsync(abortedItt, s_quiet));
     }
 
-    private static async Task<RawPdu> TaskManagementAsync(RawIscsiSession session, byte function, uint referencedTag = IscsiReservedTag.None, ulong lun = 0)
+    private static async Task<RawPdu> TaskManagementAsync(RawIscsiSession session, byte function, uint referencedTag = IscsiReservedTag.None, ulong lun = 0,
+        uint? referencedCmdSn = null)
     {
-        uint itt = await session.SendTaskManagementAsync(function, referencedTag, lun);
+        uint itt = await session.SendTaskManagementAsync(function, referencedTag, lun, referencedCmdSn);
         RawPdu response = await session.ReceiveForAsync(itt, s_wait) ?? throw new InvalidOperationException("no task management response");
         Assert.Equal(IscsiOpcode.TaskManagementResponse, response.Opcode);
         return response;
@@ -213,6 +214,44 @@ public sealed class IscsiTaskManagementTests : IAsyncDisposable
         Assert.Equal(IscsiTaskResponse.FunctionComplete, response.Bhs[2]);
         Assert.DoesNotContain(others, pdu => pdu.Itt == readItt);
         Assert.Equal(0, (await owner.CommandAsync(Cdb.TestUnitReady(), 0)).Status);
+    }
+
+    [Fact]
+    public async Task Abort_task_answers_after_the_running_task_ended_and_it_never_answers()
+    {
+        Start();
+        RawIscsiSession owner = await LoginAsync("owner", 1);
+        uint readItt = await HoldReadAsync(owner);
+        uint tmfItt = await owner.SendTaskManagementAsync(IscsiTaskFunction.AbortTask, readItt);
+        Assert.Null(await owner.ReceiveForAsync(tmfItt, s_quiet));
+
+        _volume.Open();
+        var others = new List<RawPdu>();
+        RawPdu response = await owner.ReceiveForAsync(tmfItt, s_wait, others) ?? throw new InvalidOperationException("no response");
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, response.Bhs[2]);
+        Assert.DoesNotContain(others, pdu => pdu.Itt == readItt);
+        // The tag is free again: a new command may use it (the target would reject a tag in use).
+        Assert.Equal(IscsiTaskResponse.TaskDoesNotExist, (await TaskManagementAsync(owner, IscsiTaskFunction.AbortTask, readItt, referencedCmdSn: 0)).Bhs[2]);
+        Assert.Equal(0, (await owner.CommandAsync(Cdb.TestUnitReady(), 0)).Status);
+    }
+
+    [Fact]
+    public async Task Abort_task_of_a_task_another_sessions_reset_dropped_waits_for_it_and_says_it_does_not_exist()
+    {
+        Start(abortWait: TimeSpan.FromSeconds(1));
+        RawIscsiSession owner = await LoginAsync("owner", 1);
+        RawIscsiSession resetter = await LoginAsync("resetter", 2);
+        uint readItt = await HoldReadAsync(owner);
+        Assert.Equal(IscsiTaskResponse.FunctionRejected, (await TaskManagementAsync(resetter, IscsiTaskFunction.LogicalUnitReset)).Bhs[2]);
+
+        uint tmfItt = await owner.SendTaskManagementAsync(IscsiTaskFunction.AbortTask, readItt);
+        Assert.Null(await owner.ReceiveForAsync(tmfItt, TimeSpan.FromMilliseconds(200)));
+        _volume.Open();
+        var others = new List<RawPdu>();
+        RawPdu response = await owner.ReceiveForAsync(tmfItt, s_wait, others) ?? throw new InvalidOperationException("no response");
+        Assert.Equal(IscsiTaskResponse.TaskDoesNotExist, response.Bhs[2]);
+        Assert.DoesNotContain(others, pdu => pdu.Itt == readItt);
+        AssertSense(await owner.CommandAsync(Cdb.TestUnitReady(), 0), SenseKey.UnitAttention, Asc.BusDeviceResetOccurred);
     }
 
     // ---- QUERY TASK, QUERY TASK SET, QUERY ASYNCHRONOUS EVENT ----
