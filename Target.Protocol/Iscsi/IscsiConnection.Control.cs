@@ -266,20 +266,22 @@ internal sealed partial class IscsiConnection
         uint referencedCmdSn = header.Word32;
         ulong lun = ScsiCdb.DecodeLun(header.Span.Slice(8, 8));
         var control = new IscsiControlPdu { ReleasesCmdSn = !header.Immediate };
+        var pending = new PendingAbort();
         byte response;
-        var aborted = new List<IscsiTask>();
+        int aborted = 0;
+        uint additional = 0;
 
         switch (function)
         {
             case IscsiTaskFunction.AbortTask:
                 {
-                    IscsiTask? task = FindTask(referencedTag);
-                    if (task is not null && !task.Dropped && task.Lun == lun && task.TryClaimForAbort())
+                    OwnAbort outcome = AbortOwnTask(referencedTag, lun, pending);
+                    if (outcome == OwnAbort.Aborted)
                     {
-                        aborted.Add(task);
+                        aborted = 1;
                         response = IscsiTaskResponse.FunctionComplete;
                     }
-                    else if (task is null && !SerialLess(referencedCmdSn, _expCmdSn) && SerialLess(referencedCmdSn, header.CmdSn))
+                    else if (outcome == OwnAbort.NotFound && !SerialLess(referencedCmdSn, _expCmdSn) && SerialLess(referencedCmdSn, header.CmdSn))
                     {
                         // RFC 7143 11.5.1 b): a command not received yet (inside the window, before this
                         // request) is considered received and done.
@@ -298,7 +300,7 @@ internal sealed partial class IscsiConnection
                     response = IscsiTaskResponse.LunDoesNotExist;
                     break;
                 }
-                CollectTasks(aborted);
+                aborted = AbortOwnTasks(pending);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.ClearTaskSet:
@@ -308,8 +310,8 @@ internal sealed partial class IscsiConnection
                     break;
                 }
                 // One shared task set per logical unit: every session's tasks go (SAM-5 7.4).
-                CollectTasks(aborted);
-                AbortOtherSessions(Asc.CommandsClearedByAnotherInitiator);
+                aborted = AbortOwnTasks(pending);
+                aborted += AbortOtherSessions(pending, Asc.CommandsClearedByAnotherInitiator);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.LogicalUnitReset:
@@ -318,16 +320,16 @@ internal sealed partial class IscsiConnection
                     response = IscsiTaskResponse.LunDoesNotExist;
                     break;
                 }
-                CollectTasks(aborted);
-                AbortOtherSessions(unitAttention: null);
+                aborted = AbortOwnTasks(pending);
+                aborted += AbortOtherSessions(pending, unitAttention: null);
                 Unit?.Reset(_nexus);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.TargetWarmReset:
             case IscsiTaskFunction.TargetColdReset:
                 // A target is one logical unit here: the reset reaches every session on it.
-                CollectTasks(aborted);
-                AbortOtherSessions(unitAttention: null);
+                aborted = AbortOwnTasks(pending);
+                aborted += AbortOtherSessions(pending, unitAttention: null);
                 Unit?.Reset(_nexus);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
@@ -335,93 +337,261 @@ internal sealed partial class IscsiConnection
                 response = IscsiTaskResponse.FunctionComplete;   // NACA is never set: there is no ACA to clear
                 break;
             case IscsiTaskFunction.ItNexusReset:
-                CollectTasks(aborted);
+                aborted = AbortOwnTasks(pending);
                 response = IscsiTaskResponse.FunctionComplete;
                 break;
             case IscsiTaskFunction.TaskReassign:
                 response = IscsiTaskResponse.ReassignmentNotSupported;
+                break;
+            case IscsiTaskFunction.QueryTask:
+                // SAM-5 7.9: FUNCTION SUCCEEDED when the task is in the task set, FUNCTION COMPLETE when not.
+                if (lun != 0)
+                {
+                    response = IscsiTaskResponse.LunDoesNotExist;
+                    break;
+                }
+                response = IsInTaskSet(referencedTag, lun) ? IscsiTaskResponse.FunctionSucceeded : IscsiTaskResponse.FunctionComplete;
+                break;
+            case IscsiTaskFunction.QueryTaskSet:
+                // SAM-5 7.10: any task of this I_T nexus on the logical unit.
+                if (lun != 0)
+                {
+                    response = IscsiTaskResponse.LunDoesNotExist;
+                    break;
+                }
+                response = HasTasksInTaskSet(lun) ? IscsiTaskResponse.FunctionSucceeded : IscsiTaskResponse.FunctionComplete;
+                break;
+            case IscsiTaskFunction.QueryAsyncEvent:
+                // SAM-5 7.8: a pending unit attention (there are no deferred errors) is reported, not cleared.
+                if (lun != 0 || _nexus is null)
+                {
+                    response = IscsiTaskResponse.LunDoesNotExist;
+                    break;
+                }
+                if (_nexus.TryPeekUnitAttention(out ushort ascAscq, out int pendingCount))
+                {
+                    response = IscsiTaskResponse.FunctionSucceeded;
+                    additional = QueryAsyncEventInformation(ascAscq, pendingCount);
+                }
+                else
+                {
+                    response = IscsiTaskResponse.FunctionComplete;
+                }
                 break;
             default:
                 response = IscsiTaskResponse.NotSupported;
                 break;
         }
 
-        IscsiPduWriter.TaskManagementResponse(control.Bhs, response, header.InitiatorTaskTag);
-        _logger.LogInformation("iscsi {Peer}: task management function {Function} (ref 0x{Ref:x8}): response {Response}, {Count} task(s) aborted",
-            Peer, function, referencedTag, response, aborted.Count);
-        if (aborted.Count == 0)
+        IscsiPduWriter.TaskManagementResponse(control.Bhs, response, header.InitiatorTaskTag, additional);
+        pending.Arm(_options.AbortWaitTimeout);
+        _logger.LogInformation("iscsi {Peer}: task management function {Function} (ref 0x{Ref:x8}): response {Response}, {Count} task(s) aborted, {Running} still running",
+            Peer, function, referencedTag, response, aborted, pending.Running);
+        if (pending.Ended.IsCompleted)
         {
             QueueControl(control);
             return;
         }
-        var pending = new PendingTaskManagement { Response = control, Remaining = aborted.Count };
-        lock (_taskLock)
+        _ = SendTaskManagementResponseAsync(pending, control, function);
+    }
+
+    /// <summary>
+    /// The response goes out once every aborted task has ended (its buffers are free, its tag may be
+    /// reused, none of its writes is still to land). Past the bound the function is answered
+    /// FUNCTION REJECTED: the initiator escalates (target reset, then a new session) rather than
+    /// believe tasks are gone that are still running.
+    /// </summary>
+    private async Task SendTaskManagementResponseAsync(PendingAbort pending, IscsiControlPdu control, byte function)
+    {
+        bool ended = await pending.Ended.ConfigureAwait(false);
+        if (!ended)
         {
-            foreach (IscsiTask task in aborted) _abortWaiters[task] = pending;
+            _logger.LogWarning("iscsi {Peer}: task management function {Function}: {Running} aborted task(s) still running after {Seconds} s; answering FUNCTION REJECTED",
+                Peer, function, pending.Running, _options.AbortWaitTimeout.TotalSeconds);
+            control.Bhs[2] = IscsiTaskResponse.FunctionRejected;
         }
-        foreach (IscsiTask task in aborted)
-        {
-            task.Dropped = true;
-            task.Aborted = true;
-            if (task.State == IscsiTaskState.Collecting)
-            {
-                task.State = IscsiTaskState.Done;
-                Enqueue(new OutItem { Kind = OutKind.TaskResponse, Task = task }, onReceiveLoop: true);
-            }
-            // Executing tasks: their completion goes to the sender, which drops the response and releases them.
-        }
+        QueueControl(control, onReceiveLoop: false);
     }
 
     /// <summary>
     /// Task management that reaches the whole logical unit: the tasks of every other session on it
-    /// are aborted (no response is sent for them; SAM-5 with TAS=0) and, when given, a unit
-    /// attention tells those initiators why.
+    /// are aborted (no response is sent for them; SAM-5 with TAS=0), <paramref name="pending"/>
+    /// waits for those still running and, when given, a unit attention tells those initiators why.
     /// </summary>
-    private void AbortOtherSessions(ushort? unitAttention)
+    private int AbortOtherSessions(PendingAbort pending, ushort? unitAttention)
     {
-        if (Unit is null) return;
+        if (Unit is null) return 0;
+        int total = 0;
         foreach (IscsiConnection other in _server.ConnectionsOf(Unit))
         {
             if (ReferenceEquals(other, this)) continue;
-            int count = other.AbortTasksForOtherNexus();
+            int count = other.AbortTasksFromElsewhere(pending, except: null);
+            total += count;
             if (unitAttention is ushort ua) other._nexus?.PostUnitAttention(ua);
             if (count > 0)
                 _logger.LogInformation("iscsi {Peer}: {Count} task(s) of session {Tsih} aborted by task management from {Initiator}",
                     Peer, count, other.Tsih, InitiatorName);
         }
+        return total;
     }
 
-    /// <summary>Called from another session's receive loop: marks this session's open tasks aborted (thread-safe).</summary>
-    internal int AbortTasksForOtherNexus()
+    /// <summary>PREEMPT AND ABORT (through the logical unit): this session's tasks but <paramref name="except"/> are aborted.</summary>
+    public ScsiTaskSetAbort AbortTaskSet(ScsiTask? except)
+    {
+        var pending = new PendingAbort();
+        int count = AbortTasksFromElsewhere(pending, except);
+        pending.Arm(_options.AbortWaitTimeout);
+        if (count > 0)
+            _logger.LogInformation("iscsi {Peer}: {Count} task(s) of session {Tsih} aborted by PREEMPT AND ABORT, {Running} still running",
+                Peer, count, Tsih, pending.Running);
+        return new ScsiTaskSetAbort(count, pending.Ended);
+    }
+
+    /// <summary>
+    /// Aborts this session's open tasks from any thread (another session's task management, or
+    /// PREEMPT AND ABORT). Each is claimed, marked aborted and dropped: no response is sent for
+    /// it. A task still collecting data never runs (Execute looks under the task lock) and ends
+    /// when its receive loop next looks at it; a task running on the logical unit, or one an
+    /// earlier abort left running, holds <paramref name="pending"/> until it ends.
+    /// </summary>
+    internal int AbortTasksFromElsewhere(PendingAbort pending, ScsiTask? except)
     {
         int count = 0;
         lock (_taskLock)
         {
             foreach (IscsiTask task in _tasks.Values)
             {
-                if (task.Dropped || task.State == IscsiTaskState.Done || !task.TryClaimForAbort()) continue;
-                task.Aborted = true;
-                task.Dropped = true;
-                count++;
+                if (ReferenceEquals(task, except) || task.State == IscsiTaskState.Done) continue;
+                if (task.TryClaimForAbort())
+                {
+                    task.Aborted = true;
+                    task.Dropped = true;
+                    count++;
+                }
+                else if (!task.AbortClaimed)
+                {
+                    continue;   // its response is already on its way: it completed
+                }
+                if (task.State == IscsiTaskState.Executing) WaitFor(task, pending);
             }
         }
-        // Collecting tasks end when their receive loop next looks at them (Execute skips dropped
-        // tasks); executing ones finish in the engine and their responses are dropped.
         return count;
     }
 
-    /// <summary>The tasks of this session still collecting data or running.</summary>
-    private void CollectTasks(List<IscsiTask> into)
+    /// <summary>Receive loop: aborts this session's open tasks; <paramref name="pending"/> waits for all of them (and for earlier-aborted ones).</summary>
+    private int AbortOwnTasks(PendingAbort pending)
     {
+        List<IscsiTask>? collecting = null;
+        int count = 0;
         lock (_taskLock)
         {
             foreach (IscsiTask task in _tasks.Values)
             {
                 // Every task in the table arrived before this request (one connection, in order).
-                if (task.Dropped || task.State == IscsiTaskState.Done || !task.TryClaimForAbort()) continue;
-                into.Add(task);
+                if (task.State == IscsiTaskState.Done) continue;
+                if (task.TryClaimForAbort())
+                {
+                    task.Aborted = true;
+                    task.Dropped = true;
+                    count++;
+                }
+                else if (!task.AbortClaimed)
+                {
+                    continue;
+                }
+                WaitFor(task, pending);
+                if (task.State == IscsiTaskState.Collecting) (collecting ??= new()).Add(task);
             }
         }
+        if (collecting is not null)
+            foreach (IscsiTask task in collecting) EndCollecting(task);
+        return count;
+    }
+
+    private enum OwnAbort : byte
+    {
+        Aborted,
+        NotFound,
+        OtherLun,
+        /// <summary>Its response claimed it first, or an earlier abort (maybe from another session) did.</summary>
+        AlreadyEnding,
+    }
+
+    /// <summary>
+    /// Receive loop: ABORT TASK. The lookup and the claim happen under one hold of the task lock,
+    /// so a task released (and reset for reuse) in between is never claimed. A task an earlier abort
+    /// dropped is gone too, but its tag must be free when the answer arrives: it ends now if it was
+    /// still collecting data and <paramref name="pending"/> waits for its release.
+    /// </summary>
+    private OwnAbort AbortOwnTask(uint itt, ulong lun, PendingAbort pending)
+    {
+        IscsiTask? task;
+        OwnAbort outcome;
+        bool collecting;
+        lock (_taskLock)
+        {
+            if (!_tasks.TryGetValue(itt, out task)) return OwnAbort.NotFound;
+            if (task.Lun != lun) return OwnAbort.OtherLun;
+            if (task.TryClaimForAbort())
+            {
+                task.Aborted = true;
+                task.Dropped = true;
+                outcome = OwnAbort.Aborted;
+            }
+            else if (task.AbortClaimed)
+            {
+                outcome = OwnAbort.AlreadyEnding;
+            }
+            else
+            {
+                return OwnAbort.AlreadyEnding;   // its response is on its way
+            }
+            WaitFor(task, pending);
+            collecting = task.State == IscsiTaskState.Collecting;
+        }
+        if (collecting) EndCollecting(task);
+        return outcome;
+    }
+
+    /// <summary>A task of this session in the task set: not aborted and not finished (a finished one's status goes out before this answer).</summary>
+    private bool IsInTaskSet(uint itt, ulong lun)
+    {
+        lock (_taskLock)
+            return _tasks.TryGetValue(itt, out IscsiTask? task) && task.Lun == lun && !task.Dropped && task.State != IscsiTaskState.Done;
+    }
+
+    private bool HasTasksInTaskSet(ulong lun)
+    {
+        lock (_taskLock)
+        {
+            foreach (IscsiTask task in _tasks.Values)
+                if (task.Lun == lun && !task.Dropped && task.State != IscsiTaskState.Done) return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// ADDITIONAL RESPONSE INFORMATION of QUERY ASYNCHRONOUS EVENT (SAM-5): UADE DEPTH (01b one
+    /// pending, 10b more than one) and SENSE KEY in the first byte, then ASC and ASCQ.
+    /// </summary>
+    internal static uint QueryAsyncEventInformation(ushort ascAscq, int pending)
+    {
+        uint depth = pending > 1 ? 2u : 1u;
+        return (depth << 4 | (uint)SenseKey.UnitAttention) << 16 | ascAscq;
+    }
+
+    /// <summary>Receive loop: an aborted task still waiting for data ends now; the sender drops its response and releases it.</summary>
+    private void EndCollecting(IscsiTask task)
+    {
+        task.State = IscsiTaskState.Done;
+        Enqueue(new OutItem { Kind = OutKind.TaskResponse, Task = task }, onReceiveLoop: true);
+    }
+
+    /// <summary>Makes <paramref name="pending"/> wait for <paramref name="task"/> to be released. Under _taskLock.</summary>
+    private static void WaitFor(IscsiTask task, PendingAbort pending)
+    {
+        pending.Add();
+        (task.AbortWaiters ??= new List<PendingAbort>(1)).Add(pending);
     }
 
     private ushort _loginCid;

@@ -481,13 +481,20 @@ internal sealed partial class IscsiConnection
 
     private void Execute(IscsiTask task)
     {
-        if (task.Dropped)
+        // Under the task lock: an abort from another thread either sees the task still collecting
+        // (and it never runs) or sees it executing (and waits for it to end).
+        bool dropped;
+        lock (_taskLock)
+        {
+            dropped = task.Dropped;
+            if (!dropped) task.State = IscsiTaskState.Executing;
+        }
+        if (dropped)
         {
             // Aborted by task management (possibly from another session) while collecting data.
             OnTaskExecuted(task, onReceiveLoop: true);
             return;
         }
-        task.State = IscsiTaskState.Executing;
         if (task.DataOut is not null) task.DataOutLength = Math.Min(task.ReceivedBytes, task.ExpectedDataTransferLength);
         if (task.Absorbing)
         {

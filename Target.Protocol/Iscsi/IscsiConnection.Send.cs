@@ -29,11 +29,54 @@ internal sealed class IscsiControlPdu
     public bool CloseAfterSend;
 }
 
-/// <summary>A task management response waiting for the tasks it aborted to finish.</summary>
-internal sealed class PendingTaskManagement
+/// <summary>
+/// An abort (task management, or PREEMPT AND ABORT) waiting for the tasks it aborted to end, on
+/// this session or on others. <see cref="Ended"/> completes once: true when the last of them
+/// ended, false when the bound given to <see cref="Arm"/> passed first.
+/// </summary>
+internal sealed class PendingAbort
 {
-    public required IscsiControlPdu Response;
-    public int Remaining;
+    // One count for each task waited for, plus one held until Arm: tasks that end while the
+    // abort is still being spread over the sessions cannot complete it early.
+    private int _remaining = 1;
+    private int _completed;
+    private Timer? _timer;
+    private readonly TaskCompletionSource<bool> _ended = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public Task<bool> Ended => _ended.Task;
+
+    /// <summary>Tasks still running (for log lines).</summary>
+    public int Running => Math.Max(0, Volatile.Read(ref _remaining) - 1);
+
+    /// <summary>One more task to wait for (under the owning connection's task lock).</summary>
+    public void Add() => Interlocked.Increment(ref _remaining);
+
+    /// <summary>A task waited for was released by its connection.</summary>
+    public void TaskEnded()
+    {
+        if (Interlocked.Decrement(ref _remaining) == 0) Complete(true);
+    }
+
+    /// <summary>Every task is registered: completes now when none is running, else when they end or <paramref name="bound"/> passes.</summary>
+    public void Arm(TimeSpan bound)
+    {
+        if (Interlocked.Decrement(ref _remaining) == 0)
+        {
+            Complete(true);
+            return;
+        }
+        var timer = new Timer(static state => ((PendingAbort)state!).Complete(false), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        Volatile.Write(ref _timer, timer);
+        timer.Change(bound, Timeout.InfiniteTimeSpan);
+        if (Volatile.Read(ref _completed) != 0) timer.Dispose();
+    }
+
+    private void Complete(bool ended)
+    {
+        if (Interlocked.Exchange(ref _completed, 1) != 0) return;
+        Volatile.Read(ref _timer)?.Dispose();
+        _ended.TrySetResult(ended);
+    }
 }
 
 internal sealed partial class IscsiConnection
@@ -59,7 +102,6 @@ internal sealed partial class IscsiConnection
     private readonly object _taskLock = new();
     private readonly Dictionary<uint, IscsiTask> _tasks = new();
     private readonly Stack<IscsiTask> _freeTasks = new();
-    private readonly Dictionary<IscsiTask, PendingTaskManagement> _abortWaiters = new();
     private volatile bool _closing;
     private TaskCompletionSource? _drained;
 
@@ -100,17 +142,18 @@ internal sealed partial class IscsiConnection
     /// <summary>Removes a finished task from the table and returns it to the pool (sender or close path only).</summary>
     private void ReleaseTask(IscsiTask task)
     {
-        PendingTaskManagement? waiter = null;
+        List<PendingAbort>? waiters;
         bool drained;
         lock (_taskLock)
         {
             if (_tasks.TryGetValue(task.Itt, out IscsiTask? registered) && ReferenceEquals(registered, task)) _tasks.Remove(task.Itt);
-            if (_abortWaiters.Remove(task, out waiter)) waiter.Remaining--;
+            waiters = task.AbortWaiters;
             task.Reset();
             if (_freeTasks.Count < IscsiLimits.QueueDepth) _freeTasks.Push(task);
             drained = _tasks.Count == 0;
         }
-        if (waiter is { Remaining: 0 }) Enqueue(new OutItem { Kind = OutKind.Control, Control = waiter.Response }, onReceiveLoop: false);
+        if (waiters is not null)
+            foreach (PendingAbort waiter in waiters) waiter.TaskEnded();
         if (drained && _closing) _drained?.TrySetResult();
     }
 

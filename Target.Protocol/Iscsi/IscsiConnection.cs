@@ -20,7 +20,7 @@ using Target.Protocol.Scsi;
 
 namespace Target.Protocol.Iscsi;
 
-internal sealed partial class IscsiConnection : IServerConnection
+internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
 {
     private readonly Socket _socket;
     private readonly IscsiServer _server;
@@ -246,7 +246,7 @@ internal sealed partial class IscsiConnection : IServerConnection
                     if (!_discovery)
                     {
                         IscsiTarget target = login.Target!;
-                        _nexus = new ScsiItNexus(_parameters.InitiatorName, isid, target.Name, IscsiLimits.TargetPortalGroupTag);
+                        _nexus = new ScsiItNexus(_parameters.InitiatorName, isid, target.Name, IscsiLimits.TargetPortalGroupTag) { TaskSet = this };
                         Unit = _server.GetUnit(target);
                         Unit.Attach(_nexus);
                     }

@@ -121,6 +121,9 @@ public static class IscsiTaskResponse
     public const byte ReassignmentNotSupported = 4;
     public const byte NotSupported = 5;
     public const byte AuthorizationFailed = 6;
+
+    /// <summary>RFC 7144: the QUERY functions found what they looked for (SAM-5 FUNCTION SUCCEEDED).</summary>
+    public const byte FunctionSucceeded = 7;
     public const byte FunctionRejected = 255;
 }
 

@@ -97,10 +97,14 @@ public static class IscsiPduWriter
         BinaryPrimitives.WriteUInt16BigEndian(h.Slice(42), time2Retain);
     }
 
-    public static void TaskManagementResponse(Span<byte> bhs, byte response, uint itt)
+    /// <param name="additionalResponseInformation">QUERY ASYNCHRONOUS EVENT only (RFC 7144, SAM-5): UADE DEPTH and SENSE KEY, ASC, ASCQ in bytes 8-10; 0 elsewhere.</param>
+    public static void TaskManagementResponse(Span<byte> bhs, byte response, uint itt, uint additionalResponseInformation = 0)
     {
         Span<byte> h = Start(bhs, IscsiOpcode.TaskManagementResponse, IscsiFlags.Final, 0);
         h[2] = response;
+        h[8] = (byte)(additionalResponseInformation >> 16);
+        h[9] = (byte)(additionalResponseInformation >> 8);
+        h[10] = (byte)additionalResponseInformation;
         BinaryPrimitives.WriteUInt32BigEndian(h.Slice(16), itt);
     }
 

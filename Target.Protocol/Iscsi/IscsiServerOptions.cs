@@ -25,6 +25,14 @@ public sealed class IscsiServerOptions
     /// <summary>A ping not answered within this time closes the connection (dead peer).</summary>
     public TimeSpan NopInTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// How long task management (and PERSISTENT RESERVE OUT PREEMPT AND ABORT) waits for the tasks
+    /// it aborted that are still running on the logical unit; when they have not ended by then the
+    /// function is answered FUNCTION REJECTED (the command: HARDWARE ERROR). Below the initiators'
+    /// own task management timeouts (open-iscsi: 15 s for ABORT TASK, 30 s for resets).
+    /// </summary>
+    public TimeSpan AbortWaitTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
     /// <summary>CHAP credentials per target, keyed by volume name, target name or <see cref="AnyTarget"/>. No entry: AuthMethod=None.</summary>
     public IReadOnlyDictionary<string, IscsiChapCredentials> TargetChap { get; set; } = new Dictionary<string, IscsiChapCredentials>();
 

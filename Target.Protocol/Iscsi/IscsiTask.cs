@@ -72,6 +72,12 @@ internal sealed class IscsiTask : ScsiTask
 
     public bool TryClaimForAbort() => Interlocked.CompareExchange(ref _claim, 1, 0) == 0;
 
+    /// <summary>An abort claimed the task (now or earlier): no response will be sent for it.</summary>
+    public bool AbortClaimed => Volatile.Read(ref _claim) == 1;
+
+    /// <summary>Aborts waiting for this task to end (read and written under the connection's task lock).</summary>
+    public List<PendingAbort>? AbortWaiters;
+
     /// <summary>True unless an abort claimed the task first.</summary>
     public bool TryClaimForResponse() => Interlocked.CompareExchange(ref _claim, 2, 0) != 1;
 
@@ -108,6 +114,7 @@ internal sealed class IscsiTask : ScsiTask
         DigestFailed = false;
         Dropped = false;
         _claim = 0;
+        AbortWaiters = null;
         DataSequence = 0;
     }
 

@@ -45,6 +45,9 @@ public sealed class ScsiItNexus
     /// <summary>Relative target port identifier (one port per portal group; we have one).</summary>
     public ushort RelativeTargetPortId => 1;
 
+    /// <summary>The transport's handle on this nexus's tasks (PREEMPT AND ABORT); null when nothing can abort them.</summary>
+    public IScsiTaskSet? TaskSet { get; set; }
+
     public bool HasUnitAttention => _unitAttentionCount != 0;
 
     public void PostUnitAttention(ushort ascAscq)
@@ -67,6 +70,20 @@ public sealed class ScsiItNexus
         {
             if (!_unitAttentions.TryDequeue(out ascAscq)) return false;
             _unitAttentionCount = _unitAttentions.Count;
+            return true;
+        }
+    }
+
+    /// <summary>The oldest pending unit attention and how many are pending, without reporting it (QUERY ASYNCHRONOUS EVENT).</summary>
+    public bool TryPeekUnitAttention(out ushort ascAscq, out int pending)
+    {
+        ascAscq = 0;
+        pending = 0;
+        if (_unitAttentionCount == 0) return false;
+        lock (_lock)
+        {
+            if (!_unitAttentions.TryPeek(out ascAscq)) return false;
+            pending = _unitAttentions.Count;
             return true;
         }
     }

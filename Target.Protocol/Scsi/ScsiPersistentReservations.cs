@@ -4,13 +4,17 @@
 // restart is treated like a controller failover, not a power loss: cluster fencing relies on it).
 //
 // Invariants:
-// - Every change happens under _prLock and is on disk (temp file, fsync, rename) before GOOD.
+// - Every change happens under _prLock and is on disk (temp file, fsync, rename, directory fsync)
+//   before GOOD.
 // - At most one reservation, of LU scope. Its holder is registered; with the all-registrants
 //   types (WE-AR, EA-AR) every registrant holds it and _prHolder is null.
 // - PRgeneration grows by one for each successful REGISTER, REGISTER AND IGNORE EXISTING KEY,
 //   CLEAR, PREEMPT, PREEMPT AND ABORT and REGISTER AND MOVE (not for RESERVE and RELEASE).
 // - An I_T nexus is named by its initiator port ("iqn...,i,0xISID"): registrations outlive the
 //   session that made them and apply again when the same initiator port logs back in.
+// - PREEMPT AND ABORT answers only after the tasks of the preempted nexuses have ended (they are
+//   aborted through the transport's IScsiTaskSet, outside _prLock), so a fenced host's write that
+//   was already running can never land after the preempting host saw GOOD.
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
@@ -110,18 +114,12 @@ public sealed partial class ScsiLogicalUnit
         }
     }
 
-    /// <summary>Writes the state durably (temp file, fsync, rename). Called under _prLock.</summary>
+    /// <summary>Writes the state durably (temp file, fsync, rename, fsync of the directory). Called under _prLock.</summary>
     private void SavePersistentReservations()
     {
         if (_prPath is null) return;
         byte[] json = JsonSerializer.SerializeToUtf8Bytes(_pr, ScsiPrJsonContext.Default.ScsiPrState);
-        string temp = _prPath + ".tmp";
-        using (var file = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            file.Write(json);
-            file.Flush(flushToDisk: true);
-        }
-        File.Move(temp, _prPath, overwrite: true);
+        ScsiStateFile.Replace(_prPath, json);
     }
 
     private ScsiPrRegistration? FindRegistration(string initiatorPort)
@@ -289,13 +287,21 @@ public sealed partial class ScsiLogicalUnit
 
     // ---- PERSISTENT RESERVE OUT ----
 
-    private void PersistentReserveOut(ScsiTask task)
+    /// <summary>PERSISTENT RESERVE OUT; only PREEMPT AND ABORT ever waits (for the preempted nexuses' tasks to end).</summary>
+    private ValueTask PersistentReserveOutAsync(ScsiTask task)
+    {
+        List<string>? preempted = PersistentReserveOut(task);
+        return preempted is null ? ValueTask.CompletedTask : AbortPreemptedTasksAsync(task, preempted);
+    }
+
+    /// <summary>Runs the service action; returns the initiator ports whose tasks PREEMPT AND ABORT must abort, else null.</summary>
+    private List<string>? PersistentReserveOut(ScsiTask task)
     {
         ReadOnlySpan<byte> cdb = task.Cdb;
         if (cdb.Length < 10)
         {
             IllegalRequest(task, Asc.InvalidFieldInCdb, 0);
-            return;
+            return null;
         }
         byte action = (byte)(cdb[1] & 0x1F);
         byte scope = (byte)(cdb[2] >> 4);
@@ -304,17 +310,17 @@ public sealed partial class ScsiLogicalUnit
         if (action > ScsiPrAction.RegisterAndMove)
         {
             IllegalRequest(task, Asc.InvalidFieldInCdb, 1, 4);
-            return;
+            return null;
         }
         if (action == ScsiPrAction.RegisterAndMove ? parameterLength < 24 : parameterLength != PrOutParameterBytes)
         {
             IllegalRequest(task, Asc.ParameterListLengthError, 5);
-            return;
+            return null;
         }
         if (parameterLength > ScsiLimits.MaxParameterListBytes || task.DataOutLength < parameterLength)
         {
             IllegalRequest(task, Asc.ParameterListLengthError, 5);
-            return;
+            return null;
         }
         ReadOnlySpan<byte> list = task.DataOutSpan.Slice(0, (int)parameterLength);
         ulong key = BinaryPrimitives.ReadUInt64BigEndian(list);
@@ -324,27 +330,27 @@ public sealed partial class ScsiLogicalUnit
         if (action == ScsiPrAction.RegisterAndMove)
         {
             RegisterAndMove(task, type, scope, key, serviceKey, list, port);
-            return;
+            return null;
         }
         bool specifyInitiatorPorts = (list[20] & 0x08) != 0;
         bool aptpl = (list[20] & 0x01) != 0;
         if (specifyInitiatorPorts)
         {
             IllegalParameter(task, Asc.InvalidFieldInParameterList, 20, 3);
-            return;
+            return null;
         }
         if (action is ScsiPrAction.Reserve or ScsiPrAction.Release or ScsiPrAction.Preempt or ScsiPrAction.PreemptAndAbort)
         {
             if (scope != 0)
             {
                 IllegalRequest(task, Asc.InvalidFieldInCdb, 2, 7);
-                return;
+                return null;
             }
             // RELEASE checks the type against the reservation; the others need a valid one.
             if (!ScsiPrType.IsValid(type) && action != ScsiPrAction.Release)
             {
                 IllegalRequest(task, Asc.InvalidFieldInCdb, 2, 3);
-                return;
+                return null;
             }
         }
 
@@ -354,13 +360,13 @@ public sealed partial class ScsiLogicalUnit
             if (action is ScsiPrAction.Register or ScsiPrAction.RegisterAndIgnoreExistingKey)
             {
                 Register(task, mine, action == ScsiPrAction.RegisterAndIgnoreExistingKey, key, serviceKey, aptpl, port);
-                return;
+                return null;
             }
             // Every other service action needs this I_T nexus registered under the key it gives.
             if (mine is null || mine.Key != key)
             {
                 ReservationConflict(task);
-                return;
+                return null;
             }
             switch (action)
             {
@@ -368,23 +374,23 @@ public sealed partial class ScsiLogicalUnit
                     if (_pr.Type != 0)
                     {
                         if (!IsPrHolder(port) || _pr.Type != type) ReservationConflict(task);
-                        return;   // the holder reserving again with the same type: nothing changes
+                        return null;   // the holder reserving again with the same type: nothing changes
                     }
                     _pr.Type = type;
                     _pr.Holder = ScsiPrType.IsAllRegistrants(type) ? null : port;
                     SavePersistentReservations();
                     _logger.LogInformation("scsi {Target}: {Port} holds a persistent reservation of type {Type}", TargetName, port, type);
-                    return;
+                    return null;
                 case ScsiPrAction.Release:
-                    if (_pr.Type == 0 || !IsPrHolder(port)) return;
+                    if (_pr.Type == 0 || !IsPrHolder(port)) return null;
                     if (scope != 0 || _pr.Type != type)
                     {
                         IllegalRequest(task, Asc.InvalidReleaseOfPersistentReservation, -1);
-                        return;
+                        return null;
                     }
                     ReleaseReservation(except: port);
                     SavePersistentReservations();
-                    return;
+                    return null;
                 case ScsiPrAction.Clear:
                     foreach (ScsiPrRegistration registration in _pr.Registrations)
                         if (!ReferenceEquals(registration, mine)) PostUnitAttentionToPort(registration.InitiatorPort, Asc.ReservationsPreempted);
@@ -394,10 +400,10 @@ public sealed partial class ScsiLogicalUnit
                     _pr.Generation++;
                     SavePersistentReservations();
                     _logger.LogInformation("scsi {Target}: {Port} cleared every persistent reservation registration", TargetName, port);
-                    return;
+                    return null;
                 default:
-                    Preempt(task, type, serviceKey, port);
-                    return;
+                    List<string>? removed = Preempt(task, type, serviceKey, port);
+                    return action == ScsiPrAction.PreemptAndAbort ? removed : null;
             }
         }
     }
@@ -456,37 +462,40 @@ public sealed partial class ScsiLogicalUnit
         }
     }
 
-    /// <summary>PREEMPT and PREEMPT AND ABORT (SPC-4 5.9.11.4). Tasks of preempted nexuses are not aborted here.</summary>
-    private void Preempt(ScsiTask task, byte type, ulong serviceKey, string port)
+    /// <summary>
+    /// PREEMPT and PREEMPT AND ABORT (SPC-4 5.9.11.4). Returns the initiator ports whose
+    /// registrations were removed (the preempted I_T nexuses), or null when the command failed.
+    /// </summary>
+    private List<string>? Preempt(ScsiTask task, byte type, ulong serviceKey, string port)
     {
         bool allRegistrants = _pr.Type != 0 && ScsiPrType.IsAllRegistrants(_pr.Type);
         if (serviceKey == 0 && !allRegistrants)
         {
             IllegalParameter(task, Asc.InvalidFieldInParameterList, 8);
-            return;
+            return null;
         }
         bool takesReservation;
-        int removed;
+        var removed = new List<string>();
         if (_pr.Type == 0)
         {
             takesReservation = false;
-            removed = RemoveRegistrations(serviceKey, port, allButPreempter: false);
+            RemoveRegistrations(serviceKey, port, allButPreempter: false, removed);
         }
         else if (allRegistrants)
         {
             takesReservation = serviceKey == 0;
-            removed = RemoveRegistrations(serviceKey, port, allButPreempter: serviceKey == 0);
+            RemoveRegistrations(serviceKey, port, allButPreempter: serviceKey == 0, removed);
         }
         else
         {
             ulong holderKey = FindRegistration(_pr.Holder!)?.Key ?? 0;
             takesReservation = holderKey == serviceKey;
-            removed = RemoveRegistrations(serviceKey, port, allButPreempter: false);
+            RemoveRegistrations(serviceKey, port, allButPreempter: false, removed);
         }
-        if (removed == 0 && !takesReservation)
+        if (removed.Count == 0 && !takesReservation)
         {
             ReservationConflict(task);
-            return;
+            return null;
         }
         if (takesReservation)
         {
@@ -502,21 +511,21 @@ public sealed partial class ScsiLogicalUnit
         }
         _pr.Generation++;
         SavePersistentReservations();
-        _logger.LogInformation("scsi {Target}: {Port} preempted {Removed} registration(s){Reservation}", TargetName, port, removed,
+        _logger.LogInformation("scsi {Target}: {Port} preempted {Removed} registration(s){Reservation}", TargetName, port, removed.Count,
             takesReservation ? $" and holds a reservation of type {type}" : "");
+        return removed;
     }
 
-    /// <summary>Removes registrations holding <paramref name="key"/> (or all but the preempter's); each removed port gets REGISTRATIONS PREEMPTED.</summary>
-    private int RemoveRegistrations(ulong key, string preempter, bool allButPreempter)
+    /// <summary>Removes registrations holding <paramref name="key"/> (or all but the preempter's) and adds their ports to <paramref name="removed"/>; each removed port but the preempter's gets REGISTRATIONS PREEMPTED.</summary>
+    private void RemoveRegistrations(ulong key, string preempter, bool allButPreempter, List<string> removed)
     {
-        int removed = 0;
         for (int i = _pr.Registrations.Count - 1; i >= 0; i--)
         {
             ScsiPrRegistration registration = _pr.Registrations[i];
             bool self = string.Equals(registration.InitiatorPort, preempter, StringComparison.OrdinalIgnoreCase);
             if (allButPreempter ? self : registration.Key != key) continue;
             _pr.Registrations.RemoveAt(i);
-            removed++;
+            removed.Add(registration.InitiatorPort);
             if (!self) PostUnitAttentionToPort(registration.InitiatorPort, Asc.RegistrationsPreempted);
         }
         if (_pr.Type != 0 && !ScsiPrType.IsAllRegistrants(_pr.Type) && FindRegistration(_pr.Holder!) is null)
@@ -525,7 +534,45 @@ public sealed partial class ScsiLogicalUnit
             _pr.Holder = null;
         }
         if (_pr.Type != 0 && ScsiPrType.IsAllRegistrants(_pr.Type) && _pr.Registrations.Count == 0) _pr.Type = 0;
-        return removed;
+    }
+
+    /// <summary>
+    /// PREEMPT AND ABORT (SPC-4 5.9.11.5, SAM-5 5.6): every task of each preempted I_T nexus, except
+    /// this command, is aborted as ABORT TASK SET would abort it (no response: TAS=0), and the
+    /// command completes once those already running have ended. A nexus other than the
+    /// preempter's that lost tasks also gets COMMANDS CLEARED BY ANOTHER INITIATOR, after its
+    /// REGISTRATIONS PREEMPTED. If the transport's bound passes first, the preemption stands (it
+    /// is on disk) but the command ends with HARDWARE ERROR: the fence is not known to be complete.
+    /// </summary>
+    private async ValueTask AbortPreemptedTasksAsync(ScsiTask task, List<string> preemptedPorts)
+    {
+        if (preemptedPorts.Count == 0) return;
+        List<Task<bool>>? running = null;
+        int aborted = 0;
+        foreach (ScsiItNexus nexus in Volatile.Read(ref _nexuses))
+        {
+            if (nexus.TaskSet is not IScsiTaskSet taskSet || !ContainsPort(preemptedPorts, nexus.InitiatorPortName)) continue;
+            ScsiTaskSetAbort result = taskSet.AbortTaskSet(except: task);
+            aborted += result.Aborted;
+            if (result.Aborted > 0 && !ReferenceEquals(nexus, task.Nexus)) nexus.PostUnitAttention(Asc.CommandsClearedByAnotherInitiator);
+            if (!result.Ended.IsCompletedSuccessfully || !result.Ended.Result) (running ??= new()).Add(result.Ended);
+        }
+        if (aborted > 0)
+            _logger.LogInformation("scsi {Target}: PREEMPT AND ABORT from {Port} aborted {Count} task(s) of the preempted initiator(s)",
+                TargetName, task.Nexus.InitiatorPortName, aborted);
+        if (running is null) return;
+        bool[] ended = await Task.WhenAll(running).ConfigureAwait(false);
+        if (Array.IndexOf(ended, false) < 0) return;
+        _logger.LogError("scsi {Target}: PREEMPT AND ABORT from {Port}: aborted tasks of the preempted initiator(s) were still running at the bound; answering HARDWARE ERROR",
+            TargetName, task.Nexus.InitiatorPortName);
+        CheckCondition(task, SenseKey.HardwareError, Asc.InternalTargetFailure);
+    }
+
+    private static bool ContainsPort(List<string> ports, string port)
+    {
+        foreach (string candidate in ports)
+            if (string.Equals(candidate, port, StringComparison.OrdinalIgnoreCase)) return true;
+        return false;
     }
 
     private void RegisterAndMove(ScsiTask task, byte type, byte scope, ulong key, ulong serviceKey, ReadOnlySpan<byte> list, string port)

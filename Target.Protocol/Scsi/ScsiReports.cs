@@ -204,9 +204,10 @@ public sealed partial class ScsiLogicalUnit
             return;
         }
         Span<byte> data = task.AllocateDataIn(extended ? 16 : 4).Span;
-        // ABORT TASK, ABORT TASK SET, CLEAR ACA, CLEAR TASK SET, LOGICAL UNIT RESET, TARGET RESET; I_T NEXUS RESET.
-        data[0] = 0x80 | 0x40 | 0x20 | 0x10 | 0x08 | 0x02;
-        data[1] = 0x01;
+        // ABORT TASK, ABORT TASK SET, CLEAR ACA, CLEAR TASK SET, LOGICAL UNIT RESET, QUERY TASK, TARGET RESET;
+        // QUERY ASYNCHRONOUS EVENT, QUERY TASK SET, I_T NEXUS RESET.
+        data[0] = 0x80 | 0x40 | 0x20 | 0x10 | 0x08 | 0x04 | 0x02;
+        data[1] = 0x04 | 0x02 | 0x01;
         if (extended) data[3] = 0x0C;
         task.TruncateDataIn((int)Math.Min(allocation, int.MaxValue));
     }

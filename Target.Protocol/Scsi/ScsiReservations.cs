@@ -170,7 +170,7 @@ public sealed partial class ScsiLogicalUnit
                 PersistentReserveIn(task);
                 return true;
             case ScsiOpcode.PersistentReserveOut:
-                PersistentReserveOut(task);
+                await PersistentReserveOutAsync(task).ConfigureAwait(false);
                 return true;
             case ScsiOpcode.MaintenanceIn:
                 MaintenanceIn(task);

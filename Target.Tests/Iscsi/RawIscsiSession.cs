@@ -139,6 +139,55 @@ public sealed class RawIscsiSession : IAsyncDisposable
         return bhs;
     }
 
+    /// <summary>A Task Management Function Request BHS (immediate, like open-iscsi sends them).</summary>
+    public byte[] TaskManagement(byte function, uint referencedTag = IscsiReservedTag.None, ulong lun = 0, uint? referencedCmdSn = null)
+    {
+        byte[] bhs = new byte[48];
+        bhs[0] = 0x40 | (byte)IscsiOpcode.TaskManagementRequest;
+        bhs[1] = (byte)(0x80 | function);
+        BinaryPrimitives.WriteUInt16BigEndian(bhs.AsSpan(8), (ushort)lun);   // single-level LUN, peripheral addressing
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(16), NextItt());
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(20), referencedTag);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(24), CmdSn);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(28), ExpStatSn);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(32), referencedCmdSn ?? CmdSn);
+        return bhs;
+    }
+
+    /// <summary>Sends a Task Management Function Request; returns its ITT (the response is read with <see cref="ReceiveForAsync"/>).</summary>
+    public async Task<uint> SendTaskManagementAsync(byte function, uint referencedTag = IscsiReservedTag.None, ulong lun = 0, uint? referencedCmdSn = null)
+    {
+        byte[] bhs = TaskManagement(function, referencedTag, lun, referencedCmdSn);
+        await SendAsync(bhs);
+        return BinaryPrimitives.ReadUInt32BigEndian(bhs.AsSpan(16));
+    }
+
+    /// <summary>Sends a command without waiting for its status; returns its ITT.</summary>
+    public async Task<uint> StartCommandAsync(byte[] cdb, uint expectedLength, byte[]? writeData = null)
+    {
+        bool write = writeData is not null;
+        byte[] bhs = ScsiCommand(cdb, expectedLength, read: !write && expectedLength > 0, write: write, immediateBytes: writeData?.Length ?? 0);
+        await SendAsync(bhs, writeData);
+        return BinaryPrimitives.ReadUInt32BigEndian(bhs.AsSpan(16));
+    }
+
+    /// <summary>
+    /// Reads PDUs until one with <paramref name="itt"/> arrives (returned) or <paramref name="timeout"/>
+    /// passes (null); every other PDU read meanwhile is added to <paramref name="others"/> when given.
+    /// </summary>
+    public async Task<RawPdu?> ReceiveForAsync(uint itt, TimeSpan timeout, List<RawPdu>? others = null)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (clock.Elapsed < timeout)
+        {
+            RawPdu? pdu = await ReceiveAsync(timeout - clock.Elapsed, nullOnTimeout: true);
+            if (pdu is null) return null;
+            if (pdu.Itt == itt) return pdu;
+            others?.Add(pdu);
+        }
+        return null;
+    }
+
     /// <summary>The next PDU, or null when the target closed the connection (or nothing came within the timeout and <paramref name="nullOnTimeout"/>).</summary>
     public async Task<RawPdu?> ReceiveAsync(TimeSpan timeout, bool? digests = null, bool nullOnTimeout = false)
     {

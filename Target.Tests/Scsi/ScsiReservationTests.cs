@@ -193,6 +193,8 @@ public sealed class ScsiReservationTests
         ScsiFixture.AssertGood(tmf);
         Assert.Equal(0x80, tmf.Data[0] & 0x80);                       // ABORT TASK
         Assert.Equal(0x08, tmf.Data[0] & 0x08);                       // LOGICAL UNIT RESET
+        Assert.Equal(0x04, tmf.Data[0] & 0x04);                       // QUERY TASK
+        Assert.Equal(0x07, tmf.Data[1] & 0x07);                       // QUERY ASYNCHRONOUS EVENT, QUERY TASK SET, I_T NEXUS RESET
 
         TestScsiTask groups = f.Run([ScsiOpcode.MaintenanceIn, ScsiServiceAction.ReportTargetPortGroups, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
         ScsiFixture.AssertGood(groups);
