@@ -28,10 +28,37 @@ public sealed partial class Pool
     private ReadScheduler? _reads;
     private long _committedTicket;
 
-    // Per-batch scratch, used only by the destager under the commit mutex.
-    private readonly int[] _batchPage = new int[MaxBatchBlocks];
-    private readonly long[] _batchKey = new long[MaxBatchBlocks];
-    private readonly long[] _batchTicket = new long[MaxBatchBlocks];
+    /// <summary>
+    /// Destage batches written back to back before one fdatasync: one sync per 1 MiB batch caps
+    /// a sequential stream at about a quarter of what the disk takes with one per 8 MiB.
+    /// </summary>
+    private const int MaxGroupBatches = 8;
+
+    /// <summary>One destage batch of a group: its log buffer and what landing its pages needs.</summary>
+    private sealed class DestageSlot : IDisposable
+    {
+        public readonly AlignedBuffer Buffer;
+        public readonly int[] Page = new int[MaxBatchBlocks];
+        public readonly long[] Key = new long[MaxBatchBlocks];
+        public readonly long[] Ticket = new long[MaxBatchBlocks];
+        public readonly uint[] NewIds = new uint[MaxBatchBlocks];
+        public int Count;
+        public int NewCount;
+        public int Packed;
+        public int RecordBytes;
+        public long LastTicket;
+
+        public DestageSlot(AlignedBuffer buffer) => Buffer = buffer;
+
+        public Span<byte> DataArea => Buffer.Slice(MaxHeaderBlocks * ChunkBytes, MaxBatchBlocks * ChunkBytes);
+
+        public void Dispose() => Buffer.Dispose();
+    }
+
+    private DestageSlot[] _slots = Array.Empty<DestageSlot>();
+    private readonly WrittenBatch[] _groupWritten = new WrittenBatch[MaxGroupBatches];
+
+    // Per-batch scratch, used only by the destager under the commit mutex while it builds a batch.
     private readonly Fingerprint[] _batchFp = new Fingerprint[MaxBatchBlocks];
     private readonly uint[] _batchValue = new uint[MaxBatchBlocks];
     private readonly int[] _batchNewIndex = new int[MaxBatchBlocks];
@@ -40,7 +67,8 @@ public sealed partial class Pool
     private readonly uint[] _candidateCrcs = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly int[] _candidateCount = new int[MaxBatchBlocks];
     private readonly Dictionary<ulong, int> _batchLocal = new(MaxBatchBlocks);
-    private readonly uint[] _newIds = new uint[MaxBatchBlocks];
+    /// <summary>New chunks of the group's earlier batches (not in the index until applied): fingerprint prefix -> (slot, new index).</summary>
+    private readonly Dictionary<ulong, (int Slot, int New)> _groupNew = new(MaxBatchBlocks * MaxGroupBatches);
 
     private int HighWatermarkPages => _cache.Pages * 3 / 4;
     private int LowWatermarkPages => _cache.Pages / 4;
@@ -165,7 +193,7 @@ public sealed partial class Pool
         await _commit.WaitAsync().ConfigureAwait(false);
         try
         {
-            DestageBatchLocked(onlyAged);
+            DestageGroupLocked(onlyAged);
         }
         finally
         {
@@ -173,20 +201,123 @@ public sealed partial class Pool
         }
     }
 
-    /// <summary>One destage batch. Caller holds the commit mutex (so no other metadata change runs).</summary>
-    private void DestageBatchLocked(bool onlyAged)
+    /// <summary>
+    /// Destages a group: up to MaxGroupBatches batches, each written as soon as it is built, then
+    /// one fdatasync for all, then each applied in log order and its pages landed. Caller holds
+    /// the commit mutex (so no other metadata change runs). The group stops early when the queue
+    /// runs dry, a page of an earlier batch of the group was written again, or the log needs a
+    /// checkpoint. Chunks new in an earlier batch of the group are not yet in the index, so a
+    /// later batch shares them through a group-local table, checked byte for byte against the
+    /// earlier batch's buffer like an index candidate.
+    /// </summary>
+    private void DestageGroupLocked(bool onlyAged)
     {
         ThrowIfFailed();
+        if (_slots.Length == 0)
+        {
+            _slots = new DestageSlot[MaxGroupBatches];
+            _slots[0] = new DestageSlot(_logBuffer);
+            for (int i = 1; i < MaxGroupBatches; i++) _slots[i] = new DestageSlot(new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes));
+        }
+        long now = NowMs();
+        int written = 0;
+        _groupNew.Clear();
+        try
+        {
+            while (written < MaxGroupBatches && BuildBatchLocked(written, onlyAged, now))
+            {
+                DestageSlot slot = _slots[written];
+                try
+                {
+                    _groupWritten[written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.Packed, metadataOnly: false);
+                }
+                catch (NoSpaceException) when (written > 0)
+                {
+                    // The head is already past the batches written before it: they must be
+                    // flushed and applied (a later batch would link to them), so stop here.
+                    UnwindSlot(slot, now);
+                    break;
+                }
+                written++;
+                if (_journalBytesSinceCheckpoint + (long)written * MaxHeaderBlocks * ChunkBytes >= _options.CheckpointJournalBytes) break;
+            }
+            if (written == 0) return;
+            FlushLog();
+        }
+        catch
+        {
+            // A failed device write or flush has failed the pool; no batch of this group is applied.
+            for (int b = 0; b <= written && b < MaxGroupBatches; b++) UnwindSlot(_slots[b], now);
+            throw;
+        }
+
+        for (int b = 0; b < written; b++)
+        {
+            ApplyWritten(_groupWritten[b]);
+            LandBatch(_slots[b]);
+        }
+        CheckpointIfDue();
+    }
+
+    /// <summary>A batch that will not be applied: its chunk ids are given back and its pages queued again.</summary>
+    private void UnwindSlot(DestageSlot slot, long now)
+    {
+        lock (_sync)
+        {
+            for (int n = 0; n < slot.NewCount; n++) _state.Chunks.Unallocate(slot.NewIds[n]);
+            for (int i = 0; i < slot.Count; i++) _cache.Requeue(slot.Page[i], now);
+        }
+        slot.Count = 0;
+        slot.NewCount = 0;
+    }
+
+    /// <summary>After its batch is applied: write-allocates its new chunks into the read cache and frees its pages.</summary>
+    private void LandBatch(DestageSlot slot)
+    {
+        Span<byte> dataArea = slot.DataArea;
+        lock (_sync)
+        {
+            // Write-allocate: the new chunks' bytes are still in the batch buffer.
+            for (int n = 0; n < slot.Packed; n++) _chunkCache.Insert(slot.NewIds[n], dataArea.Slice(n * ChunkBytes, ChunkBytes));
+            bool freed = false;
+            for (int i = 0; i < slot.Count; i++)
+            {
+                if (_cache.Landed(slot.Page[i], slot.Ticket[i]))
+                {
+                    ReleasePageReservationLocked();
+                    VolumeOfKey(slot.Key[i])?.PageLeftCache();
+                    freed = true;
+                }
+            }
+            AdvanceCommittedLocked(slot.LastTicket);
+            if (freed) { _pageFreed.Set(); _spaceFreed.Set(); }
+        }
+        slot.Count = 0;
+        slot.NewCount = 0;
+    }
+
+    /// <summary>
+    /// Builds one batch in <paramref name="slot"/> from the oldest queued pages: fingerprints,
+    /// verified dedup, new chunk ids, records. False when there was nothing to take.
+    /// </summary>
+    private bool BuildBatchLocked(int slotIndex, bool onlyAged, long now)
+    {
+        DestageSlot slot = _slots[slotIndex];
+        bool firstInGroup = slotIndex == 0;
         int count = 0;
         long lastTicket = 0;
-        Span<byte> dataArea = _logBuffer.Slice(MaxHeaderBlocks * ChunkBytes, MaxBatchBlocks * ChunkBytes);
-        long now = NowMs();
+        Span<byte> dataArea = slot.DataArea;
+        slot.Count = 0;
+        slot.NewCount = 0;
+        slot.Packed = 0;
         lock (_sync)
         {
             int room = DataRoomLocked();
             while (count < room && _cache.TryPeek(out int page, out long ticket, out long since))
             {
                 if (onlyAged && now - since < _options.DirtyAgeMaxMs) break;
+                // Written again while in an earlier batch of this group: it goes in the next group.
+                if (_cache.State(page) == PageState.InFlightDirty) break;
                 long pageKey = _cache.Key(page);
                 if (!_state.VolumesById.TryGetValue(WriteCache.VolumeOf(pageKey), out VolumeState? owner) || WriteCache.BlockOf(pageKey) >= owner.Map.Blocks)
                 {
@@ -200,16 +331,19 @@ public sealed partial class Pool
                 }
                 _cache.TakeForBatch(page);
                 _cache.Data(page).CopyTo(dataArea.Slice(count * ChunkBytes, ChunkBytes));
-                _batchPage[count] = page;
-                _batchKey[count] = _cache.Key(page);
-                _batchTicket[count] = ticket;
+                slot.Page[count] = page;
+                slot.Key[count] = pageKey;
+                slot.Ticket[count] = ticket;
                 lastTicket = ticket;
                 count++;
             }
+            slot.Count = count;
+            slot.LastTicket = lastTicket;
             if (count == 0)
             {
-                if (_cache.QueuedPages == 0) AdvanceCommittedLocked(_cache.LastTicket);
-                return;
+                // Nothing queued and nothing in flight: every ticket handed out is durable.
+                if (_cache.QueuedPages == 0 && firstInGroup) AdvanceCommittedLocked(_cache.LastTicket);
+                return false;
             }
         }
 
@@ -256,6 +390,12 @@ public sealed partial class Pool
                     _batchValue[i] = _candidateIds[i * MaxCandidates + k];
             }
             if (_batchValue[i] != ChunkTable.HoleId) continue;
+            if (_groupNew.TryGetValue(_batchFp[i].Low, out (int Slot, int New) earlier)
+                && data.SequenceEqual(_slots[earlier.Slot].DataArea.Slice(earlier.New * ChunkBytes, ChunkBytes)))
+            {
+                _batchValue[i] = _slots[earlier.Slot].NewIds[earlier.New];
+                continue;
+            }
             int same = _batchLocal.TryGetValue(_batchFp[i].Low, out int first) ? FindEqualInBatch(first, i, dataArea) : -1;
             if (same >= 0)
             {
@@ -267,13 +407,14 @@ public sealed partial class Pool
         }
 
         // Records, new chunk ids, and the new chunks' data packed right after the header.
-        Span<byte> records = _logBuffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes);
-        var writer = new RecordWriter(records);
-        uint[] newIds = _newIds;
+        slot.Buffer.Slice(0, MaxHeaderBlocks * ChunkBytes).Clear();
+        var writer = new RecordWriter(slot.Buffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
+        uint[] newIds = slot.NewIds;
         lock (_sync)
         {
             for (int n = 0; n < newCount; n++) newIds[n] = _state.Chunks.Allocate();
         }
+        slot.NewCount = newCount;
         int packed = 0;
         for (int i = 0; i < count; i++)
         {
@@ -285,43 +426,15 @@ public sealed partial class Pool
                 ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
                 if (i != packed) data.CopyTo(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
                 writer.NewChunk(newIds[n], packed, Crc32C.Compute(dataArea.Slice(packed * ChunkBytes, ChunkBytes)), _batchFp[i]);
+                _groupNew.TryAdd(_batchFp[i].Low, (slotIndex, packed));
                 packed++;
             }
         }
         for (int i = 0; i < count; i++)
-            writer.Map(WriteCache.VolumeOf(_batchKey[i]), WriteCache.BlockOf(_batchKey[i]), _batchValue[i]);
-
-        try
-        {
-            WriteBatch(writer.Length, packed, metadataOnly: false);
-        }
-        catch
-        {
-            lock (_sync)
-            {
-                for (int n = 0; n < newCount; n++) _state.Chunks.Unallocate(newIds[n]);
-                for (int i = 0; i < count; i++) _cache.Requeue(_batchPage[i], now);
-            }
-            throw;
-        }
-
-        lock (_sync)
-        {
-            // Write-allocate: the new chunks' bytes are still in the batch buffer.
-            for (int n = 0; n < packed; n++) _chunkCache.Insert(newIds[n], dataArea.Slice(n * ChunkBytes, ChunkBytes));
-            bool freed = false;
-            for (int i = 0; i < count; i++)
-            {
-                if (_cache.Landed(_batchPage[i], _batchTicket[i]))
-                {
-                    ReleasePageReservationLocked();
-                    VolumeOfKey(_batchKey[i])?.PageLeftCache();
-                    freed = true;
-                }
-            }
-            AdvanceCommittedLocked(lastTicket);
-            if (freed) { _pageFreed.Set(); _spaceFreed.Set(); }
-        }
+            writer.Map(WriteCache.VolumeOf(slot.Key[i]), WriteCache.BlockOf(slot.Key[i]), _batchValue[i]);
+        slot.Packed = packed;
+        slot.RecordBytes = writer.Length;
+        return true;
     }
 
     /// <summary>

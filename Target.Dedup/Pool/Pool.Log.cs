@@ -282,11 +282,36 @@ public sealed partial class Pool
 
     internal delegate void RecordBuilder(ref RecordWriter writer);
 
+    /// <summary>A batch on the device whose fdatasync has not returned yet: not applied.</summary>
+    private readonly struct WrittenBatch(AlignedBuffer buffer, int headerStart, int headerBlocks, int recordBytes, int totalBlocks, uint dataStart)
+    {
+        public AlignedBuffer Buffer { get; } = buffer;
+        public int HeaderStart { get; } = headerStart;
+        public int HeaderBlocks { get; } = headerBlocks;
+        public int RecordBytes { get; } = recordBytes;
+        public int TotalBlocks { get; } = totalBlocks;
+        public uint DataStart { get; } = dataStart;
+    }
+
     /// <summary>
     /// Writes the batch whose records are at _logBuffer[FixedBytes..] and whose data blocks sit
     /// at _logBuffer[MaxHeaderBlocks * ChunkBytes..]; fdatasyncs; applies it. Caller holds the commit mutex.
     /// </summary>
     private void WriteBatch(int recordBytes, int dataBlocks, bool metadataOnly)
+    {
+        WrittenBatch batch = WriteBatchUnflushed(_logBuffer, recordBytes, dataBlocks, metadataOnly);
+        FlushLog();
+        ApplyWritten(batch);
+        CheckpointIfDue();
+    }
+
+    /// <summary>
+    /// Writes one batch from <paramref name="buffer"/> (records at [FixedBytes..], data at
+    /// [MaxHeaderBlocks * ChunkBytes..]) at the head and moves the head past it, without a
+    /// flush: batches written back to back share one fdatasync (FlushLog), and are applied
+    /// (ApplyWritten, in order) only after it. Caller holds the commit mutex.
+    /// </summary>
+    private WrittenBatch WriteBatchUnflushed(AlignedBuffer buffer, int recordBytes, int dataBlocks, bool metadataOnly)
     {
         int headerBlocks = BatchHeader.HeaderBlocks(recordBytes);
         if (headerBlocks > MaxHeaderBlocks) throw new InvalidOperationException("batch header too large");
@@ -312,18 +337,18 @@ public sealed partial class Pool
 
         // The header sits right before the data: move the records so the write is contiguous.
         int headerStart = (MaxHeaderBlocks - headerBlocks) * ChunkBytes;
-        Span<byte> buffer = _logBuffer.Span;
+        Span<byte> bytes = buffer.Span;
         if (headerStart > 0)
         {
-            buffer.Slice(BatchHeader.FixedBytes, recordBytes).CopyTo(buffer[(headerStart + BatchHeader.FixedBytes)..]);
-            buffer.Slice(headerStart + BatchHeader.FixedBytes + recordBytes, headerBlocks * ChunkBytes - BatchHeader.FixedBytes - recordBytes).Clear();
+            bytes.Slice(BatchHeader.FixedBytes, recordBytes).CopyTo(bytes[(headerStart + BatchHeader.FixedBytes)..]);
+            bytes.Slice(headerStart + BatchHeader.FixedBytes + recordBytes, headerBlocks * ChunkBytes - BatchHeader.FixedBytes - recordBytes).Clear();
         }
         else
         {
-            buffer.Slice(BatchHeader.FixedBytes + recordBytes, headerBlocks * ChunkBytes - BatchHeader.FixedBytes - recordBytes).Clear();
+            bytes.Slice(BatchHeader.FixedBytes + recordBytes, headerBlocks * ChunkBytes - BatchHeader.FixedBytes - recordBytes).Clear();
         }
-        Span<byte> header = buffer.Slice(headerStart, headerBlocks * ChunkBytes);
-        Span<byte> dataArea = buffer.Slice(MaxHeaderBlocks * ChunkBytes, dataBlocks * ChunkBytes);
+        Span<byte> header = bytes.Slice(headerStart, headerBlocks * ChunkBytes);
+        Span<byte> dataArea = bytes.Slice(MaxHeaderBlocks * ChunkBytes, dataBlocks * ChunkBytes);
         uint dataCrc = dataBlocks > 0 ? Hashing.Crc32C.Compute(dataArea) : 0;
         ulong seq = _nextSeq;
         BatchHeader.WriteFixed(header, seq, 0, _poolTag, headerBlocks, dataBlocks, recordBytes, _nextSegment, dataCrc, _lastHeaderCrc);
@@ -333,7 +358,28 @@ public sealed partial class Pool
         long offset = Superblock.BlockOffset(segment * (uint)BlocksPerSegment + offsetBlocks);
         try
         {
-            _device.Write(offset, buffer.Slice(headerStart, totalBlocks * ChunkBytes));
+            _device.Write(offset, bytes.Slice(headerStart, totalBlocks * ChunkBytes));
+        }
+        catch (IOException e)
+        {
+            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
+            throw _failure!;
+        }
+        lock (_sync)
+        {
+            // The next batch goes after this one and links to it; a failed flush fails the pool.
+            _headOffsetBlocks = offsetBlocks + (uint)totalBlocks;
+            _nextSeq = seq + 1;
+            _lastHeaderCrc = headerCrc;
+        }
+        return new WrittenBatch(buffer, headerStart, headerBlocks, recordBytes, totalBlocks, segment * (uint)BlocksPerSegment + offsetBlocks + (uint)headerBlocks);
+    }
+
+    /// <summary>The fdatasync that makes every batch written since the last one durable.</summary>
+    private void FlushLog()
+    {
+        try
+        {
             _device.Flush();
         }
         catch (IOException e)
@@ -341,19 +387,22 @@ public sealed partial class Pool
             Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
             throw _failure!;
         }
+    }
 
+    /// <summary>Applies a durable batch, exactly as replay would, from the bytes written. Caller holds the commit mutex.</summary>
+    private void ApplyWritten(in WrittenBatch batch)
+    {
         lock (_sync)
         {
-            _headOffsetBlocks = offsetBlocks + (uint)totalBlocks;
-            _nextSeq = seq + 1;
-            _lastHeaderCrc = headerCrc;
-            _journalBytesSinceCheckpoint += (long)headerBlocks * ChunkBytes;
-            _deviceBytesWritten += (long)totalBlocks * ChunkBytes;
-            uint dataStart = segment * (uint)BlocksPerSegment + offsetBlocks + (uint)headerBlocks;
-            // Apply exactly what replay would apply, from the bytes just written.
-            _state.ApplyBatch(header.Slice(BatchHeader.FixedBytes, recordBytes), dataStart, replaying: false);
+            _journalBytesSinceCheckpoint += (long)batch.HeaderBlocks * ChunkBytes;
+            _deviceBytesWritten += (long)batch.TotalBlocks * ChunkBytes;
+            _state.ApplyBatch(batch.Buffer.Slice(batch.HeaderStart + BatchHeader.FixedBytes, batch.RecordBytes), batch.DataStart, replaying: false);
             SyncVolumeObjects();
         }
+    }
+
+    private void CheckpointIfDue()
+    {
         if (_journalBytesSinceCheckpoint >= _options.CheckpointJournalBytes) WriteCheckpointLocked();
     }
 
