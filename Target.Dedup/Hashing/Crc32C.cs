@@ -1,7 +1,9 @@
 // CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, init ~0, final xor ~0), so
 // Compute("123456789") == 0xE3069283. Guarantees: Append(Compute(a), b) == Compute(a + b);
 // the SSE4.2 / ARMv8 CRC instructions and the table give the same value for every input;
-// nothing is allocated after the table is built once.
+// Combine(Compute(a), Compute(b), b.Length) == Compute(a + b) without touching the bytes (the
+// zlib method: multiply by x^(8 * length) modulo the polynomial); nothing is allocated after
+// the tables are built once.
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
@@ -60,6 +62,57 @@ public static class Crc32C
         foreach (byte b in data)
             state = table[(byte)(state ^ b)] ^ (state >> 8);
         return ~state;
+    }
+
+    /// <summary>x^(2^n) modulo the polynomial, for n = 0..31 (reflected; x^0 is the top bit).</summary>
+    private static readonly uint[] s_powers = BuildPowers();
+
+    /// <summary>The CRC-32C of a + b from the CRC-32C of a, of b, and b's length.</summary>
+    public static uint Combine(uint crcA, uint crcB, long lengthB)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(lengthB);
+        return MultiplyModP(PowerOfX(lengthB, 3), crcA) ^ crcB;
+    }
+
+    /// <summary>a * b modulo the polynomial, bit-reflected.</summary>
+    private static uint MultiplyModP(uint a, uint b)
+    {
+        uint m = 1u << 31, product = 0;
+        while (true)
+        {
+            if ((a & m) != 0)
+            {
+                product ^= b;
+                if ((a & (m - 1)) == 0) return product;
+            }
+            m >>= 1;
+            b = (b & 1) != 0 ? (b >> 1) ^ ReflectedPolynomial : b >> 1;
+        }
+    }
+
+    /// <summary>x^(n * 2^k) modulo the polynomial.</summary>
+    private static uint PowerOfX(long n, int k)
+    {
+        uint p = 1u << 31;
+        while (n != 0)
+        {
+            if ((n & 1) != 0) p = MultiplyModP(s_powers[k & 31], p);
+            n >>= 1;
+            k++;
+        }
+        return p;
+    }
+
+    private static uint[] BuildPowers()
+    {
+        var powers = new uint[32];
+        uint p = 1u << 30; // x^1
+        for (int n = 0; n < 32; n++)
+        {
+            powers[n] = p;
+            p = MultiplyModP(p, p);
+        }
+        return powers;
     }
 
     private static uint[] BuildTable()

@@ -46,6 +46,8 @@ public sealed partial class Pool
         public int NewCount;
         public int Packed;
         public int RecordBytes;
+        /// <summary>CRC-32C of the packed data, combined from the new chunks' CRCs.</summary>
+        public uint DataCrc;
         public long LastTicket;
 
         public DestageSlot(AlignedBuffer buffer) => Buffer = buffer;
@@ -57,6 +59,7 @@ public sealed partial class Pool
 
     private DestageSlot[] _slots = Array.Empty<DestageSlot>();
     private readonly WrittenBatch[] _groupWritten = new WrittenBatch[MaxGroupBatches];
+    private readonly List<Task> _groupWrites = new(MaxGroupBatches);
 
     // Per-batch scratch, used only by the destager under the commit mutex while it builds a batch.
     private readonly Fingerprint[] _batchFp = new Fingerprint[MaxBatchBlocks];
@@ -70,7 +73,13 @@ public sealed partial class Pool
     /// <summary>New chunks of the group's earlier batches (not in the index until applied): fingerprint prefix -> (slot, new index).</summary>
     private readonly Dictionary<ulong, (int Slot, int New)> _groupNew = new(MaxBatchBlocks * MaxGroupBatches);
 
-    private int HighWatermarkPages => _cache.Pages * 3 / 4;
+    /// <summary>
+    /// Destage starts once this many pages are queued and goes on down to the low watermark.
+    /// Half a group above the low watermark at most: waiting for 3/4 of a large cache let the
+    /// disk idle while the cache filled from 1/4 to 3/4, and halved sequential streams.
+    /// </summary>
+    private int HighWatermarkPages => Math.Min(_cache.Pages * 3 / 4, LowWatermarkPages + MaxBatchBlocks * MaxGroupBatches / 2);
+    /// <summary>Dirty pages kept back to absorb overwrites (a quarter of the cache).</summary>
     private int LowWatermarkPages => _cache.Pages / 4;
 
     private void StartBackground()
@@ -229,7 +238,7 @@ public sealed partial class Pool
                 DestageSlot slot = _slots[written];
                 try
                 {
-                    _groupWritten[written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.Packed, metadataOnly: false);
+                    _groupWritten[written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.Packed, metadataOnly: false, _groupWrites, slot.DataCrc);
                 }
                 catch (NoSpaceException) when (written > 0)
                 {
@@ -242,11 +251,13 @@ public sealed partial class Pool
                 if (_journalBytesSinceCheckpoint + (long)written * MaxHeaderBlocks * ChunkBytes >= _options.CheckpointJournalBytes) break;
             }
             if (written == 0) return;
+            WaitForGroupWrites(throwOnFailure: true);
             FlushLog();
         }
         catch
         {
             // A failed device write or flush has failed the pool; no batch of this group is applied.
+            WaitForGroupWrites(throwOnFailure: false);
             for (int b = 0; b <= written && b < MaxGroupBatches; b++) UnwindSlot(_slots[b], now);
             throw;
         }
@@ -257,6 +268,19 @@ public sealed partial class Pool
             LandBatch(_slots[b]);
         }
         CheckpointIfDue();
+    }
+
+    /// <summary>Waits for all the group's device writes (their buffers are reused afterwards); rethrows the first failure.</summary>
+    private void WaitForGroupWrites(bool throwOnFailure)
+    {
+        Exception? first = null;
+        foreach (Task write in _groupWrites)
+        {
+            try { write.GetAwaiter().GetResult(); }
+            catch (Exception e) { first ??= e; }
+        }
+        _groupWrites.Clear();
+        if (first != null && throwOnFailure) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
     }
 
     /// <summary>A batch that will not be applied: its chunk ids are given back and its pages queued again.</summary>
@@ -416,6 +440,7 @@ public sealed partial class Pool
         }
         slot.NewCount = newCount;
         int packed = 0;
+        uint dataCrc = 0;
         for (int i = 0; i < count; i++)
         {
             int n = _batchNewIndex[i];
@@ -425,7 +450,9 @@ public sealed partial class Pool
             {
                 ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
                 if (i != packed) data.CopyTo(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
-                writer.NewChunk(newIds[n], packed, Crc32C.Compute(dataArea.Slice(packed * ChunkBytes, ChunkBytes)), _batchFp[i]);
+                uint chunkCrc = Crc32C.Compute(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
+                dataCrc = packed == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, ChunkBytes);
+                writer.NewChunk(newIds[n], packed, chunkCrc, _batchFp[i]);
                 _groupNew.TryAdd(_batchFp[i].Low, (slotIndex, packed));
                 packed++;
             }
@@ -433,6 +460,7 @@ public sealed partial class Pool
         for (int i = 0; i < count; i++)
             writer.Map(WriteCache.VolumeOf(slot.Key[i]), WriteCache.BlockOf(slot.Key[i]), _batchValue[i]);
         slot.Packed = packed;
+        slot.DataCrc = dataCrc;
         slot.RecordBytes = writer.Length;
         return true;
     }

@@ -309,9 +309,12 @@ public sealed partial class Pool
     /// Writes one batch from <paramref name="buffer"/> (records at [FixedBytes..], data at
     /// [MaxHeaderBlocks * ChunkBytes..]) at the head and moves the head past it, without a
     /// flush: batches written back to back share one fdatasync (FlushLog), and are applied
-    /// (ApplyWritten, in order) only after it. Caller holds the commit mutex.
+    /// (ApplyWritten, in order) only after it. With <paramref name="writes"/>, the device write
+    /// runs on the thread pool (added to the list) while the caller builds the next batch; the
+    /// caller waits for all of them before the flush. <paramref name="knownDataCrc"/>: the data's
+    /// CRC-32C when the caller already has it (combined from the chunks' CRCs). Caller holds the commit mutex.
     /// </summary>
-    private WrittenBatch WriteBatchUnflushed(AlignedBuffer buffer, int recordBytes, int dataBlocks, bool metadataOnly)
+    private WrittenBatch WriteBatchUnflushed(AlignedBuffer buffer, int recordBytes, int dataBlocks, bool metadataOnly, List<Task>? writes = null, uint? knownDataCrc = null)
     {
         int headerBlocks = BatchHeader.HeaderBlocks(recordBytes);
         if (headerBlocks > MaxHeaderBlocks) throw new InvalidOperationException("batch header too large");
@@ -349,22 +352,15 @@ public sealed partial class Pool
         }
         Span<byte> header = bytes.Slice(headerStart, headerBlocks * ChunkBytes);
         Span<byte> dataArea = bytes.Slice(MaxHeaderBlocks * ChunkBytes, dataBlocks * ChunkBytes);
-        uint dataCrc = dataBlocks > 0 ? Hashing.Crc32C.Compute(dataArea) : 0;
+        uint dataCrc = dataBlocks == 0 ? 0 : knownDataCrc ?? Hashing.Crc32C.Compute(dataArea);
         ulong seq = _nextSeq;
         BatchHeader.WriteFixed(header, seq, 0, _poolTag, headerBlocks, dataBlocks, recordBytes, _nextSegment, dataCrc, _lastHeaderCrc);
         BatchHeader.Seal(header);
         uint headerCrc = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
 
         long offset = Superblock.BlockOffset(segment * (uint)BlocksPerSegment + offsetBlocks);
-        try
-        {
-            _device.Write(offset, bytes.Slice(headerStart, totalBlocks * ChunkBytes));
-        }
-        catch (IOException e)
-        {
-            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
-            throw _failure!;
-        }
+        if (writes == null) WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes);
+        else writes.Add(Task.Run(() => WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes)));
         lock (_sync)
         {
             // The next batch goes after this one and links to it; a failed flush fails the pool.
@@ -373,6 +369,19 @@ public sealed partial class Pool
             _lastHeaderCrc = headerCrc;
         }
         return new WrittenBatch(buffer, headerStart, headerBlocks, recordBytes, totalBlocks, segment * (uint)BlocksPerSegment + offsetBlocks + (uint)headerBlocks);
+    }
+
+    private void WriteLogBytes(long offset, AlignedBuffer buffer, int start, int length)
+    {
+        try
+        {
+            _device.Write(offset, buffer.Slice(start, length));
+        }
+        catch (IOException e)
+        {
+            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
+            throw _failure!;
+        }
     }
 
     /// <summary>The fdatasync that makes every batch written since the last one durable.</summary>

@@ -1,5 +1,6 @@
 // CRC-32C against published vectors (the check value, RFC 3720 B.4), Append's chaining
-// rule, and the instruction path against the table path for every length 0..300.
+// rule, the instruction path against the table path for every length 0..300, and Combine
+// (CRC of a + b from the two CRCs) against computing it over the bytes.
 using System.Runtime.InteropServices;
 using System.Text;
 using Target.Dedup.Hashing;
@@ -73,5 +74,30 @@ public sealed class Crc32CTests
             if (Crc32C.IsHardwareAccelerated)
                 Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {AgreementSeed:x}: instruction path differs from the table at length {length}");
         }
+    }
+
+    [Fact]
+    public void CombineEqualsTheCrcOfTheConcatenation()
+    {
+        var random = new Random(AgreementSeed);
+        int[] lengths = [0, 1, 7, 8, 63, 512, 4095, 4096, 4097, 65536];
+        foreach (int lengthA in lengths)
+        {
+            foreach (int lengthB in lengths)
+            {
+                byte[] a = new byte[lengthA], b = new byte[lengthB];
+                random.NextBytes(a);
+                random.NextBytes(b);
+                uint expected = Crc32C.Compute([.. a, .. b]);
+                Assert.True(expected == Crc32C.Combine(Crc32C.Compute(a), Crc32C.Compute(b), lengthB),
+                    $"lengths {lengthA} + {lengthB}: combined CRC differs from the CRC of the bytes");
+            }
+        }
+        // A batch's data CRC, chained chunk by chunk.
+        byte[] batch = new byte[16 * 4096];
+        random.NextBytes(batch);
+        uint chained = Crc32C.Compute(batch.AsSpan(0, 4096));
+        for (int i = 1; i < 16; i++) chained = Crc32C.Combine(chained, Crc32C.Compute(batch.AsSpan(i * 4096, 4096)), 4096);
+        Assert.Equal(Crc32C.Compute(batch), chained);
     }
 }

@@ -263,7 +263,7 @@ fio_common=(--size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP"
 declare -A FIO_ARGS=(
   [randwrite]="--rw=randwrite --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --norandommap"
   [randread]="--rw=randread --bs=4k --iodepth=32 --randrepeat=0 --norandommap"
-  [seqwrite]="--rw=write --bs=1m --iodepth=8 --refill_buffers"
+  [seqwrite]="--rw=write --bs=1m --iodepth=8 --refill_buffers --randrepeat=0"
   [seqwrite-dup]="--rw=write --bs=1m --iodepth=8 --buffer_pattern=0x54415247"
   [dedup50]="--rw=randwrite --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --norandommap --dedupe_percentage=50"
   [mix7030]="--rw=randrw --rwmixread=70 --bs=4k --iodepth=32 --refill_buffers --randrepeat=0 --norandommap"
