@@ -517,19 +517,6 @@ internal sealed partial class IscsiConnection
     private async ValueTask SendAllAsync(ReadOnlyMemory<byte> bytes)
     {
         if (_sendFailed) return;
-        try
-        {
-            while (!bytes.IsEmpty)
-            {
-                int sent = await _socket.SendAsync(bytes, SocketFlags.None, _serverToken).ConfigureAwait(false);
-                bytes = bytes.Slice(sent);
-            }
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
-        {
-            _sendFailed = true;
-            _logger.LogDebug("iscsi {Peer}: send failed ({Error}); dropping responses", Peer, ex.Message);
-            ShutdownSocket();
-        }
+        if (!await ServerSockets.TrySendAllAsync(_socket, bytes, "iscsi", Peer, _logger, _serverToken).ConfigureAwait(false)) _sendFailed = true;
     }
 }

@@ -104,21 +104,9 @@ internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
             if (_options.NopInInterval > TimeSpan.Zero) pinger = PingLoopAsync(pingStop.Token);
             await ReceiveLoopAsync().ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (_serverToken.IsCancellationRequested)
-        {
-            _logger.LogDebug("iscsi {Peer}: server stopping, closing", Peer);
-        }
-        catch (SocketException ex)
-        {
-            _logger.LogDebug("iscsi {Peer}: socket error {Error}, closing", Peer, ex.SocketErrorCode);
-        }
-        catch (ObjectDisposedException)
-        {
-            _logger.LogDebug("iscsi {Peer}: socket closed", Peer);
-        }
         catch (Exception ex)
         {
-            _logger.LogError(ex, "iscsi {Peer}: unexpected error, closing this connection", Peer);
+            ServerSockets.LogConnectionEnd(ex, "iscsi", Peer, _logger, _serverToken);
         }
         finally
         {
@@ -262,17 +250,7 @@ internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
 
     // ---- close ----
 
-    private void ShutdownSocket()
-    {
-        try
-        {
-            _socket.Shutdown(SocketShutdown.Both);
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-        {
-            // already gone
-        }
-    }
+    private void ShutdownSocket() => ServerSockets.Shutdown(_socket);
 
     private async Task CloseAsync(Task? sender)
     {
