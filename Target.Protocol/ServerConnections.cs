@@ -1,4 +1,4 @@
-// What the NBD and iSCSI servers share: the accept loop (transient accept failures are logged
+// What the NBD and iSCSI servers share (with ServerListeners): the accept loop (transient accept failures are logged
 // and retried, cancellation ends it) and the set of live connections. Invariants: a connection
 // is registered before it runs, so a shutdown that starts meanwhile always finds and aborts it;
 // a connection's failure is logged and ends only that connection.
@@ -32,7 +32,7 @@ internal sealed class ServerConnections<TConnection>(string protocol, ILogger lo
     public bool TryGetRun(TConnection connection, out Task? run) => _running.TryGetValue(connection, out run);
 
     /// <summary>Accepts clients until the server stops, handing each to <paramref name="accepted"/>.</summary>
-    public async Task AcceptLoopAsync(Socket listener, EndPoint endPoint, Action<Socket> accepted)
+    private async Task AcceptLoopAsync(Socket listener, EndPoint endPoint, Action<Socket> accepted)
     {
         while (!stopping.IsCancellationRequested)
         {
@@ -61,6 +61,19 @@ internal sealed class ServerConnections<TConnection>(string protocol, ILogger lo
             }
             accepted(client);
         }
+    }
+
+    /// <summary>Runs an accept loop on each listener until the server stops, then closes every connection and waits for them.</summary>
+    public async Task ServeAsync(ServerListener[] listeners, Action<Socket, ServerListener> accepted)
+    {
+        var loops = new Task[listeners.Length];
+        for (int i = 0; i < listeners.Length; i++)
+        {
+            ServerListener listener = listeners[i];
+            loops[i] = AcceptLoopAsync(listener.Socket, listener.EndPoint, client => accepted(client, listener));
+        }
+        await Task.WhenAll(loops).ConfigureAwait(false);
+        await AbortAllAsync().ConfigureAwait(false);
     }
 
     /// <summary>Registers and runs a new connection.</summary>

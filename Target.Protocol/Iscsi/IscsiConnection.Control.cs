@@ -241,17 +241,18 @@ internal sealed partial class IscsiConnection
         _ = SendLogoutResponseAfterDrainAsync(control);
     }
 
-    /// <summary>Commands still running finish (and their responses go out) before the logout response.</summary>
+    /// <summary>
+    /// Commands still running finish (and their responses go out) before the logout response. The
+    /// wait is bounded by AbortWaitTimeout: past it the answer is "cleanup failed" (RFC 7143
+    /// 11.15.1) and the connection closes anyway, without the responses of those still running.
+    /// </summary>
     private async Task SendLogoutResponseAfterDrainAsync(IscsiControlPdu control)
     {
-        try
+        if (!await WaitForTasksAsync().ConfigureAwait(false))
         {
-            while (TaskCount > 0 && !_sendFailed)
-                await Task.Delay(5, _serverToken).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            return;
+            _logger.LogWarning("iscsi {Peer}: logout of session {Tsih}: {Count} task(s) still running after {Seconds} s; answering cleanup failed and closing",
+                Peer, Tsih, TaskCount, _options.AbortWaitTimeout.TotalSeconds);
+            control.Bhs[2] = IscsiLogoutResponse.CleanupFailed;
         }
         QueueControl(control, onReceiveLoop: false);
     }
@@ -450,13 +451,15 @@ internal sealed partial class IscsiConnection
     /// <summary>
     /// Aborts this session's open tasks from any thread (another session's task management, or
     /// PREEMPT AND ABORT). Each is claimed, marked aborted and dropped: no response is sent for
-    /// it. A task still collecting data never runs (Execute looks under the task lock) and ends
-    /// when its receive loop next looks at it; a task running on the logical unit, or one an
-    /// earlier abort left running, holds <paramref name="pending"/> until it ends.
+    /// it, and <paramref name="pending"/> waits until it is released (as does a task an earlier
+    /// abort left running). A task still collecting data never runs (Execute looks under the task
+    /// lock): the receive loop is woken to end it at once, so no more R2Ts go out for it and its
+    /// tag is free without waiting for data the initiator may never send.
     /// </summary>
     internal int AbortTasksFromElsewhere(PendingAbort pending, ScsiTask? except)
     {
         int count = 0;
+        bool collecting = false;
         lock (_taskLock)
         {
             foreach (IscsiTask task in _tasks.Values)
@@ -472,9 +475,11 @@ internal sealed partial class IscsiConnection
                 {
                     continue;   // its response is already on its way: it completed
                 }
-                if (task.State == IscsiTaskState.Executing) WaitFor(task, pending);
+                WaitFor(task, pending);
+                collecting |= task.State == IscsiTaskState.Collecting;
             }
         }
+        if (collecting) WakeReceiveLoop();
         return count;
     }
 

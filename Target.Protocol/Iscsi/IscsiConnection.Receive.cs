@@ -3,6 +3,8 @@
 // task's buffer and starts commands on the logical unit.
 // Every complete PDU already buffered is handled in one pass; responses completed during the
 // pass go out together (one send). Large data segments are received straight into task buffers.
+// Only this loop ends a task that is still collecting data (the receive path may be writing into
+// its buffer): an abort from another thread marks it dropped and wakes the loop (WakeReceiveLoop).
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
@@ -38,10 +40,34 @@ internal sealed partial class IscsiConnection
     private bool _stopReading;
     private bool _queuedInPass;
 
+    // ---- waking the receive loop from other threads ----
+    // Cancelled by WakeReceiveLoop to interrupt a pending receive (no data is lost: a cancelled
+    // receive read nothing); replaced by the loop after each wake. Not linked to the server token:
+    // a stopping server aborts the socket, which ends the receive. A fired one is left to the GC
+    // rather than disposed while another thread may still be cancelling it.
+    private CancellationTokenSource? _receiveWake;
+    private int _droppedWhileCollecting;   // 1: an abort from elsewhere dropped a task still collecting data
+
+    /// <summary>Any thread: the receive loop should end the tasks dropped while collecting data.</summary>
+    private void WakeReceiveLoop()
+    {
+        Interlocked.Exchange(ref _droppedWhileCollecting, 1);
+        Volatile.Read(ref _receiveWake)?.Cancel();
+    }
+
     private async Task ReceiveLoopAsync()
     {
+        CancellationTokenSource wake = new();
+        Volatile.Write(ref _receiveWake, wake);
         while (true)
         {
+            if (wake.IsCancellationRequested)
+            {
+                // Replaced before the flag is read: a wake after that read cancels the new one.
+                wake = new CancellationTokenSource();
+                Volatile.Write(ref _receiveWake, wake);
+            }
+            if (Interlocked.Exchange(ref _droppedWhileCollecting, 0) != 0) EndDroppedCollectingTasks();
             bool stop = ProcessBuffered();
             if (_queuedInPass)
             {
@@ -53,7 +79,15 @@ internal sealed partial class IscsiConnection
             if (_payloadKind != PayloadKind.None && _payloadTarget is not null && _rxStart == _rxEnd && _payloadRemaining >= IscsiLimits.DirectReceiveMinBytes)
             {
                 // Large data segment: receive straight into the task's buffer.
-                int direct = await _socket.ReceiveAsync(_payloadTarget.AsMemory(_payloadOffset, _payloadRemaining), SocketFlags.None, _serverToken).ConfigureAwait(false);
+                int direct;
+                try
+                {
+                    direct = await _socket.ReceiveAsync(_payloadTarget.AsMemory(_payloadOffset, _payloadRemaining), SocketFlags.None, wake.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (wake.IsCancellationRequested)
+                {
+                    continue;   // woken
+                }
                 if (direct == 0)
                 {
                     LogPeerClosed();
@@ -75,7 +109,15 @@ internal sealed partial class IscsiConnection
             {
                 CompactReceiveBuffer();
             }
-            int received = await _socket.ReceiveAsync(_rx.AsMemory(_rxEnd), SocketFlags.None, _serverToken).ConfigureAwait(false);
+            int received;
+            try
+            {
+                received = await _socket.ReceiveAsync(_rx.AsMemory(_rxEnd), SocketFlags.None, wake.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (wake.IsCancellationRequested)
+            {
+                continue;   // woken
+            }
             if (received == 0)
             {
                 LogPeerClosed();
@@ -447,6 +489,11 @@ internal sealed partial class IscsiConnection
     private void AdvanceWrite(IscsiTask task)
     {
         if (task.State != IscsiTaskState.Collecting) return;
+        if (task.Dropped)
+        {
+            EndCollecting(task);   // aborted while collecting: no more R2Ts, its data is no longer wanted
+            return;
+        }
         // Unsolicited data (immediate + unsolicited Data-Out) ends with an F bit; nothing is solicited before.
         if (!task.UnsolicitedDone) return;
         int expected = task.WriteExpected ? task.ExpectedDataTransferLength : 0;
@@ -530,6 +577,34 @@ internal sealed partial class IscsiConnection
     {
         task.State = IscsiTaskState.Done;
         Enqueue(new OutItem { Kind = OutKind.TaskResponse, Task = task }, onReceiveLoop);
+    }
+
+    /// <summary>
+    /// Receive loop: tasks an abort from another session (or PREEMPT AND ABORT) dropped while they
+    /// were waiting for data end now, so they leave the task table (and free their tag) without
+    /// waiting for data the initiator may never send; a data segment being received for one is
+    /// read on and dropped.
+    /// </summary>
+    private void EndDroppedCollectingTasks()
+    {
+        List<IscsiTask>? dropped = null;
+        lock (_taskLock)
+        {
+            foreach (IscsiTask task in _tasks.Values)
+                if (task.Dropped && task.State == IscsiTaskState.Collecting) (dropped ??= new()).Add(task);
+        }
+        if (dropped is null) return;
+        foreach (IscsiTask task in dropped)
+        {
+            if (ReferenceEquals(task, _payloadTask))
+            {
+                _payloadKind = PayloadKind.Discard;
+                _payloadTask = null;
+                _payloadTarget = null;
+            }
+            EndCollecting(task);
+        }
+        _logger.LogDebug("iscsi {Peer}: {Count} aborted task(s) that were waiting for data ended", Peer, dropped.Count);
     }
 
     // ---- Data-Out ----

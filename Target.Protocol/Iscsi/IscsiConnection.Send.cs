@@ -104,6 +104,7 @@ internal sealed partial class IscsiConnection
     private readonly Stack<IscsiTask> _freeTasks = new();
     private volatile bool _closing;
     private TaskCompletionSource? _drained;
+    private long _drainDeadlineTicks;   // Environment.TickCount64 past which logout and close stop waiting for tasks
 
     // ---- send side ----
     private readonly object _sendLock = new();
@@ -114,6 +115,7 @@ internal sealed partial class IscsiConnection
     private int _txUsed;
     private volatile bool _sendFailed;
     private volatile bool _senderStop;
+    private bool _senderDone;   // under _sendLock: the sender loop has ended; nothing queued is sent any more
     private static readonly byte[] s_zeros = new byte[4];
 
     // ---- pings ----
@@ -185,19 +187,57 @@ internal sealed partial class IscsiConnection
         }
     }
 
-    private async Task WaitForTasksAsync()
+    /// <summary>
+    /// Logout and close: waits for every task to be released, at most until AbortWaitTimeout after
+    /// the first call (logout then close share one bound). False when some are still running then:
+    /// the caller goes on without them and each is released when it ends (<see cref="Enqueue"/>).
+    /// </summary>
+    private async Task<bool> WaitForTasksAsync()
     {
-        _drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _closing = true;
-        if (TaskCount == 0) return;
-        await _drained.Task.ConfigureAwait(false);
+        Task drained;
+        long deadline;
+        lock (_taskLock)
+        {
+            if (_drained is null)
+            {
+                _drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _drainDeadlineTicks = Environment.TickCount64 + (long)_options.AbortWaitTimeout.TotalMilliseconds;
+                _closing = true;
+            }
+            if (_tasks.Count == 0) return true;
+            drained = _drained.Task;
+            deadline = _drainDeadlineTicks;
+        }
+        long leftMs = deadline - Environment.TickCount64;
+        if (leftMs <= 0) return false;
+        try
+        {
+            await drained.WaitAsync(TimeSpan.FromMilliseconds(leftMs)).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
     }
 
     // ---- queueing ----
 
     private void Enqueue(OutItem item, bool onReceiveLoop)
     {
-        lock (_sendLock) _ready.Add(item);
+        bool queued;
+        lock (_sendLock)
+        {
+            queued = !_senderDone;
+            if (queued) _ready.Add(item);
+        }
+        if (!queued)
+        {
+            // The sender has ended (a close that stopped waiting for tasks): nothing more goes out,
+            // and a task that ends now is released here.
+            if (item.Kind == OutKind.TaskResponse) ReleaseTask(item.Task!);
+            return;
+        }
         if (onReceiveLoop) _queuedInPass = true;
         else _sendSignal.Set();
     }
@@ -276,6 +316,7 @@ internal sealed partial class IscsiConnection
                 lock (_sendLock)
                 {
                     if (_ready.Count != 0) continue;
+                    _senderDone = true;
                 }
                 return;
             }
@@ -293,7 +334,7 @@ internal sealed partial class IscsiConnection
             case OutKind.ReadyToTransfer:
                 {
                     IscsiTask task = item.Task!;
-                    if (_sendFailed) return;
+                    if (_sendFailed || task.Dropped) return;   // an aborted task is solicited no more data
                     await EnsureSpaceAsync(IscsiLimits.BhsBytes + IscsiLimits.DigestBytes).ConfigureAwait(false);
                     Span<byte> h = _tx.AsSpan(_txUsed, IscsiLimits.BhsBytes);
                     IscsiPduWriter.ReadyToTransfer(h, task.LunField, task.Itt, task.TargetTransferTag, item.R2TSn, (uint)item.Offset, (uint)item.Length);
@@ -476,19 +517,6 @@ internal sealed partial class IscsiConnection
     private async ValueTask SendAllAsync(ReadOnlyMemory<byte> bytes)
     {
         if (_sendFailed) return;
-        try
-        {
-            while (!bytes.IsEmpty)
-            {
-                int sent = await _socket.SendAsync(bytes, SocketFlags.None, _serverToken).ConfigureAwait(false);
-                bytes = bytes.Slice(sent);
-            }
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
-        {
-            _sendFailed = true;
-            _logger.LogDebug("iscsi {Peer}: send failed ({Error}); dropping responses", Peer, ex.Message);
-            ShutdownSocket();
-        }
+        if (!await ServerSockets.TrySendAllAsync(_socket, bytes, "iscsi", Peer, _logger, _serverToken).ConfigureAwait(false)) _sendFailed = true;
     }
 }

@@ -10,7 +10,9 @@
 //   commands are in flight and the window never shrinks.
 // - A framing error (header digest, absurd length, login violation) closes this connection only;
 //   a request error gets a Reject or CHECK CONDITION and the connection lives on.
-// - On close, every task still running on the logical unit is waited for before buffers return.
+// - On close, tasks still running on the logical unit are waited for, at most AbortWaitTimeout
+//   (shared with a logout's wait); a task's buffers return only when it has ended, on whichever
+//   path releases it (the sender, or Enqueue once the sender is gone).
 using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
@@ -102,21 +104,9 @@ internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
             if (_options.NopInInterval > TimeSpan.Zero) pinger = PingLoopAsync(pingStop.Token);
             await ReceiveLoopAsync().ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (_serverToken.IsCancellationRequested)
-        {
-            _logger.LogDebug("iscsi {Peer}: server stopping, closing", Peer);
-        }
-        catch (SocketException ex)
-        {
-            _logger.LogDebug("iscsi {Peer}: socket error {Error}, closing", Peer, ex.SocketErrorCode);
-        }
-        catch (ObjectDisposedException)
-        {
-            _logger.LogDebug("iscsi {Peer}: socket closed", Peer);
-        }
         catch (Exception ex)
         {
-            _logger.LogError(ex, "iscsi {Peer}: unexpected error, closing this connection", Peer);
+            ServerSockets.LogConnectionEnd(ex, "iscsi", Peer, _logger, _serverToken);
         }
         finally
         {
@@ -260,17 +250,7 @@ internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
 
     // ---- close ----
 
-    private void ShutdownSocket()
-    {
-        try
-        {
-            _socket.Shutdown(SocketShutdown.Both);
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-        {
-            // already gone
-        }
-    }
+    private void ShutdownSocket() => ServerSockets.Shutdown(_socket);
 
     private async Task CloseAsync(Task? sender)
     {
@@ -279,7 +259,9 @@ internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
             AbandonCollectingTasks();
             if (sender is not null)
             {
-                await WaitForTasksAsync().ConfigureAwait(false);
+                if (!await WaitForTasksAsync().ConfigureAwait(false))
+                    _logger.LogWarning("iscsi {Peer}: closing session {Tsih} with {Count} task(s) still running on the logical unit after {Seconds} s; each is released when it ends",
+                        Peer, Tsih, TaskCount, _options.AbortWaitTimeout.TotalSeconds);
                 _senderStop = true;
                 _sendSignal.Set();
                 await sender.ConfigureAwait(false);

@@ -1,4 +1,4 @@
-// The iSCSI listener: accepts on TCP endpoints and runs one IscsiConnection per client, keeps
+// The iSCSI listener: accepts on TCP endpoints (ServerListeners) and runs one IscsiConnection per client, keeps
 // the session table (TSIH allocation, session reinstatement) and one logical unit per target.
 // A failing connection never affects the others or the listener.
 using System.Net;
@@ -17,7 +17,7 @@ public sealed class IscsiServer : IAsyncDisposable
     private readonly IscsiServerOptions _options;
     private readonly ILogger _logger;
     private readonly object _lock = new();
-    private readonly List<Socket> _listeners = new();
+    private readonly ServerListeners _listeners;
     private readonly ServerConnections<IscsiConnection> _connections;
     private readonly Dictionary<ushort, IscsiConnection> _sessions = new();
     private readonly Dictionary<string, ScsiLogicalUnit> _units = new(StringComparer.OrdinalIgnoreCase);
@@ -34,6 +34,7 @@ public sealed class IscsiServer : IAsyncDisposable
         _catalog = catalog;
         _options = options;
         _logger = logger;
+        _listeners = new ServerListeners("iscsi", logger);
         _connections = new ServerConnections<IscsiConnection>("iscsi", logger, _stopping.Token);
         _nextTsih = (ushort)Random.Shared.Next(1, 0x8000);
     }
@@ -45,13 +46,7 @@ public sealed class IscsiServer : IAsyncDisposable
     internal ILogger Logger => _logger;
 
     /// <summary>Endpoints actually bound (port 0 resolved to the real port).</summary>
-    public IReadOnlyList<IPEndPoint> BoundEndPoints
-    {
-        get
-        {
-            lock (_lock) return _listeners.Select(s => (IPEndPoint)s.LocalEndPoint!).ToArray();
-        }
-    }
+    public IReadOnlyList<IPEndPoint> BoundEndPoints => Array.ConvertAll(_listeners.BoundEndPoints, endPoint => (IPEndPoint)endPoint);
 
     public int ConnectionCount => _connections.Count;
 
@@ -64,51 +59,22 @@ public sealed class IscsiServer : IAsyncDisposable
     }
 
     /// <summary>Binds and listens now (so the bound port is known at once); accepting starts in RunAsync.</summary>
-    public void ListenTcp(IPEndPoint endPoint)
-    {
-        ArgumentNullException.ThrowIfNull(endPoint);
-        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            socket.Bind(endPoint);
-            socket.Listen(512);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-        lock (_lock)
-        {
-            if (_disposed != 0 || _running != 0)
-            {
-                socket.Dispose();
-                throw new InvalidOperationException("listeners must be added before RunAsync and before disposal");
-            }
-            _listeners.Add(socket);
-        }
-        _logger.LogInformation("iscsi: listening on tcp {EndPoint}", socket.LocalEndPoint);
-    }
+    public void ListenTcp(IPEndPoint endPoint) => _listeners.ListenTcp(endPoint);
 
     /// <summary>Accepts and serves initiators until <paramref name="ct"/> is cancelled; then closes every connection.</summary>
     public async Task RunAsync(CancellationToken ct)
     {
         if (Interlocked.Exchange(ref _running, 1) != 0) throw new InvalidOperationException("RunAsync was already called");
-        Socket[] listeners;
-        lock (_lock) listeners = _listeners.ToArray();
+        ServerListener[] listeners = _listeners.Seal();
         if (listeners.Length == 0) throw new InvalidOperationException("no endpoint: call ListenTcp first");
 
         using CancellationTokenRegistration registration = ct.Register(static state => ((IscsiServer)state!).Stop(), this);
-        var loops = new Task[listeners.Length];
-        for (int i = 0; i < listeners.Length; i++) loops[i] = _connections.AcceptLoopAsync(listeners[i], listeners[i].LocalEndPoint!, StartConnection);
-        await Task.WhenAll(loops).ConfigureAwait(false);
-
-        await _connections.AbortAllAsync().ConfigureAwait(false);
-        lock (_lock) foreach (Socket listener in _listeners) listener.Dispose();
+        await _connections.ServeAsync(listeners, StartConnection).ConfigureAwait(false);
+        _listeners.Cleanup();
     }
 
-    private void StartConnection(Socket client)
+    /// <summary>A new initiator connection (every listener is TCP: nothing about it matters here).</summary>
+    private void StartConnection(Socket client, ServerListener _)
     {
         string peer;
         try
@@ -218,25 +184,14 @@ public sealed class IscsiServer : IAsyncDisposable
         return result;
     }
 
-    private void Stop()
-    {
-        if (_stopping.IsCancellationRequested) return;
-        try
-        {
-            _stopping.Cancel();
-        }
-        catch (ObjectDisposedException)
-        {
-            return;
-        }
-        lock (_lock) foreach (Socket listener in _listeners) listener.Dispose();
-    }
+    private void Stop() => _listeners.Stop(_stopping);
 
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _listeners.Seal();
         Stop();
         await _connections.AbortAllAsync().ConfigureAwait(false);
-        lock (_lock) foreach (Socket listener in _listeners) listener.Dispose();
+        _listeners.Cleanup();
     }
 }

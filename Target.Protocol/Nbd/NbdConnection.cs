@@ -95,21 +95,9 @@ internal sealed partial class NbdConnection : IServerConnection
             sender = SendLoopAsync();
             await ReceiveLoopAsync().ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (_serverToken.IsCancellationRequested)
-        {
-            _logger.LogDebug("nbd {Peer}: server stopping, closing", Peer);
-        }
-        catch (SocketException ex)
-        {
-            _logger.LogDebug("nbd {Peer}: socket error {Error}, closing", Peer, ex.SocketErrorCode);
-        }
-        catch (ObjectDisposedException)
-        {
-            _logger.LogDebug("nbd {Peer}: socket closed", Peer);
-        }
         catch (Exception ex)
         {
-            _logger.LogError(ex, "nbd {Peer}: unexpected error, closing this connection", Peer);
+            ServerSockets.LogConnectionEnd(ex, "nbd", Peer, _logger, _serverToken);
         }
         finally
         {
@@ -381,35 +369,12 @@ internal sealed partial class NbdConnection : IServerConnection
     private async ValueTask SendAllAsync(ReadOnlyMemory<byte> bytes)
     {
         if (_sendFailed) return;
-        try
-        {
-            while (!bytes.IsEmpty)
-            {
-                int sent = await _socket.SendAsync(bytes, SocketFlags.None, _serverToken).ConfigureAwait(false);
-                bytes = bytes.Slice(sent);
-            }
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException or OperationCanceledException)
-        {
-            _sendFailed = true;
-            _logger.LogDebug("nbd {Peer}: send failed ({Error}); dropping replies", Peer, ex.Message);
-            ShutdownSocket();
-        }
+        if (!await ServerSockets.TrySendAllAsync(_socket, bytes, "nbd", Peer, _logger, _serverToken).ConfigureAwait(false)) _sendFailed = true;
     }
 
     // ---- close ----
 
-    private void ShutdownSocket()
-    {
-        try
-        {
-            _socket.Shutdown(SocketShutdown.Both);
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-        {
-            // already gone
-        }
-    }
+    private void ShutdownSocket() => ServerSockets.Shutdown(_socket);
 
     private async Task CloseAsync(Task? sender)
     {

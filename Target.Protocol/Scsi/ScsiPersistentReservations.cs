@@ -6,6 +6,10 @@
 // Invariants:
 // - Every change happens under _prLock and is on disk (temp file, fsync, rename, directory fsync)
 //   before GOOD.
+// - A PR OUT changes the state all or nothing: it runs on the live state after a snapshot
+//   (BeginPrChange) and only CommitPrChange, once the save succeeded, keeps the change and posts
+//   the unit attentions it queued; any other way out (an error, a failed save) puts the snapshot
+//   back, so memory never differs from disk.
 // - At most one reservation, of LU scope. Its holder is registered; with the all-registrants
 //   types (WE-AR, EA-AR) every registrant holds it and _prHolder is null.
 // - PRgeneration grows by one for each successful REGISTER, REGISTER AND IGNORE EXISTING KEY,
@@ -16,6 +20,7 @@
 //   aborted through the transport's IScsiTaskSet, outside _prLock), so a fenced host's write that
 //   was already running can never land after the preempting host saw GOOD.
 using System.Buffers.Binary;
+using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -31,6 +36,15 @@ internal sealed class ScsiPrState
     public byte Type { get; set; }
     public string? Holder { get; set; }
     public List<ScsiPrRegistration> Registrations { get; set; } = new();
+
+    public ScsiPrState Clone()
+    {
+        var copy = new ScsiPrState { Generation = Generation, Aptpl = Aptpl, Type = Type, Holder = Holder };
+        copy.Registrations.Capacity = Registrations.Count;
+        foreach (ScsiPrRegistration registration in Registrations)
+            copy.Registrations.Add(new ScsiPrRegistration { InitiatorPort = registration.InitiatorPort, Key = registration.Key });
+        return copy;
+    }
 }
 
 internal sealed class ScsiPrRegistration
@@ -92,6 +106,11 @@ public sealed partial class ScsiLogicalUnit
     private ScsiPrState _pr = new();
     private readonly string? _prPath;
 
+    // The running PR OUT's snapshot (null when none runs or it committed) and the unit attentions
+    // it will post once committed. Both under _prLock.
+    private ScsiPrState? _prBefore;
+    private readonly List<(string Port, ushort AscAscq)> _prAttentions = new();
+
     /// <summary>Reads the persisted state, if any (constructor only).</summary>
     private void LoadPersistentReservations()
     {
@@ -120,6 +139,48 @@ public sealed partial class ScsiLogicalUnit
         if (_prPath is null) return;
         byte[] json = JsonSerializer.SerializeToUtf8Bytes(_pr, ScsiPrJsonContext.Default.ScsiPrState);
         ScsiStateFile.Replace(_prPath, json);
+    }
+
+    /// <summary>Starts a PR OUT: snapshots the state so that <see cref="RollBackPrChange"/> can put it back. Under _prLock.</summary>
+    private void BeginPrChange()
+    {
+        _prBefore = _pr.Clone();
+        _prAttentions.Clear();
+    }
+
+    /// <summary>
+    /// Saves the changed state; on success keeps it and posts the queued unit attentions. On
+    /// failure puts the snapshot back, answers HARDWARE ERROR and returns false: the host was
+    /// not told GOOD, and memory still matches what a restart would read. Under _prLock.
+    /// </summary>
+    private bool CommitPrChange(ScsiTask task)
+    {
+        try
+        {
+            SavePersistentReservations();
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            _logger.LogError("scsi {Target}: saving persistent reservation state to {Path} failed ({Error}); the change from {Port} is undone",
+                TargetName, _prPath, ex.Message, task.Nexus.InitiatorPortName);
+            RollBackPrChange();
+            CheckCondition(task, SenseKey.HardwareError, Asc.InternalTargetFailure);
+            return false;
+        }
+        _prBefore = null;
+        foreach ((string port, ushort ascAscq) in _prAttentions)
+            foreach (ScsiItNexus nexus in Volatile.Read(ref _nexuses))
+                if (string.Equals(nexus.InitiatorPortName, port, StringComparison.OrdinalIgnoreCase)) nexus.PostUnitAttention(ascAscq);
+        _prAttentions.Clear();
+        return true;
+    }
+
+    /// <summary>Undoes whatever the running PR OUT changed without committing (it ends with this). Under _prLock.</summary>
+    private void RollBackPrChange()
+    {
+        if (_prBefore is not null) _pr = _prBefore;
+        _prBefore = null;
+        _prAttentions.Clear();
     }
 
     private ScsiPrRegistration? FindRegistration(string initiatorPort)
@@ -166,10 +227,11 @@ public sealed partial class ScsiLogicalUnit
         }
     }
 
+    /// <summary>Queues a unit attention for every nexus of <paramref name="initiatorPort"/>, posted when the running PR OUT commits.</summary>
     private void PostUnitAttentionToPort(string initiatorPort, ushort ascAscq)
     {
-        foreach (ScsiItNexus nexus in Volatile.Read(ref _nexuses))
-            if (string.Equals(nexus.InitiatorPortName, initiatorPort, StringComparison.OrdinalIgnoreCase)) nexus.PostUnitAttention(ascAscq);
+        Debug.Assert(_prBefore is not null, "unit attentions of persistent reservations are posted only by a PR OUT");
+        _prAttentions.Add((initiatorPort, ascAscq));
     }
 
     private void ReservationConflict(ScsiTask task) => task.SetStatus(ScsiStatus.ReservationConflict);
@@ -290,11 +352,23 @@ public sealed partial class ScsiLogicalUnit
     /// <summary>PERSISTENT RESERVE OUT; only PREEMPT AND ABORT ever waits (for the preempted nexuses' tasks to end).</summary>
     private ValueTask PersistentReserveOutAsync(ScsiTask task)
     {
-        List<string>? preempted = PersistentReserveOut(task);
+        List<string>? preempted;
+        lock (_prLock)
+        {
+            BeginPrChange();
+            try
+            {
+                preempted = PersistentReserveOut(task);
+            }
+            finally
+            {
+                RollBackPrChange();
+            }
+        }
         return preempted is null ? ValueTask.CompletedTask : AbortPreemptedTasksAsync(task, preempted);
     }
 
-    /// <summary>Runs the service action; returns the initiator ports whose tasks PREEMPT AND ABORT must abort, else null.</summary>
+    /// <summary>Runs the service action (under _prLock, between BeginPrChange and RollBackPrChange); returns the initiator ports whose tasks PREEMPT AND ABORT must abort, else null.</summary>
     private List<string>? PersistentReserveOut(ScsiTask task)
     {
         ReadOnlySpan<byte> cdb = task.Cdb;
@@ -354,57 +428,54 @@ public sealed partial class ScsiLogicalUnit
             }
         }
 
-        lock (_prLock)
+        ScsiPrRegistration? mine = FindRegistration(port);
+        if (action is ScsiPrAction.Register or ScsiPrAction.RegisterAndIgnoreExistingKey)
         {
-            ScsiPrRegistration? mine = FindRegistration(port);
-            if (action is ScsiPrAction.Register or ScsiPrAction.RegisterAndIgnoreExistingKey)
-            {
-                Register(task, mine, action == ScsiPrAction.RegisterAndIgnoreExistingKey, key, serviceKey, aptpl, port);
+            Register(task, mine, action == ScsiPrAction.RegisterAndIgnoreExistingKey, key, serviceKey, aptpl, port);
+            return null;
+        }
+        // Every other service action needs this I_T nexus registered under the key it gives.
+        if (mine is null || mine.Key != key)
+        {
+            ReservationConflict(task);
+            return null;
+        }
+        switch (action)
+        {
+            case ScsiPrAction.Reserve:
+                if (_pr.Type != 0)
+                {
+                    if (!IsPrHolder(port) || _pr.Type != type) ReservationConflict(task);
+                    return null;   // the holder reserving again with the same type: nothing changes
+                }
+                _pr.Type = type;
+                _pr.Holder = ScsiPrType.IsAllRegistrants(type) ? null : port;
+                if (!CommitPrChange(task)) return null;
+                _logger.LogInformation("scsi {Target}: {Port} holds a persistent reservation of type {Type}", TargetName, port, type);
                 return null;
-            }
-            // Every other service action needs this I_T nexus registered under the key it gives.
-            if (mine is null || mine.Key != key)
-            {
-                ReservationConflict(task);
+            case ScsiPrAction.Release:
+                if (_pr.Type == 0 || !IsPrHolder(port)) return null;
+                if (scope != 0 || _pr.Type != type)
+                {
+                    IllegalRequest(task, Asc.InvalidReleaseOfPersistentReservation, -1);
+                    return null;
+                }
+                ReleaseReservation(except: port);
+                CommitPrChange(task);
                 return null;
-            }
-            switch (action)
-            {
-                case ScsiPrAction.Reserve:
-                    if (_pr.Type != 0)
-                    {
-                        if (!IsPrHolder(port) || _pr.Type != type) ReservationConflict(task);
-                        return null;   // the holder reserving again with the same type: nothing changes
-                    }
-                    _pr.Type = type;
-                    _pr.Holder = ScsiPrType.IsAllRegistrants(type) ? null : port;
-                    SavePersistentReservations();
-                    _logger.LogInformation("scsi {Target}: {Port} holds a persistent reservation of type {Type}", TargetName, port, type);
-                    return null;
-                case ScsiPrAction.Release:
-                    if (_pr.Type == 0 || !IsPrHolder(port)) return null;
-                    if (scope != 0 || _pr.Type != type)
-                    {
-                        IllegalRequest(task, Asc.InvalidReleaseOfPersistentReservation, -1);
-                        return null;
-                    }
-                    ReleaseReservation(except: port);
-                    SavePersistentReservations();
-                    return null;
-                case ScsiPrAction.Clear:
-                    foreach (ScsiPrRegistration registration in _pr.Registrations)
-                        if (!ReferenceEquals(registration, mine)) PostUnitAttentionToPort(registration.InitiatorPort, Asc.ReservationsPreempted);
-                    _pr.Registrations.Clear();
-                    _pr.Type = 0;
-                    _pr.Holder = null;
-                    _pr.Generation++;
-                    SavePersistentReservations();
-                    _logger.LogInformation("scsi {Target}: {Port} cleared every persistent reservation registration", TargetName, port);
-                    return null;
-                default:
-                    List<string>? removed = Preempt(task, type, serviceKey, port);
-                    return action == ScsiPrAction.PreemptAndAbort ? removed : null;
-            }
+            case ScsiPrAction.Clear:
+                foreach (ScsiPrRegistration registration in _pr.Registrations)
+                    if (!ReferenceEquals(registration, mine)) PostUnitAttentionToPort(registration.InitiatorPort, Asc.ReservationsPreempted);
+                _pr.Registrations.Clear();
+                _pr.Type = 0;
+                _pr.Holder = null;
+                _pr.Generation++;
+                if (!CommitPrChange(task)) return null;
+                _logger.LogInformation("scsi {Target}: {Port} cleared every persistent reservation registration", TargetName, port);
+                return null;
+            default:
+                List<string>? preempted = Preempt(task, type, serviceKey, port);
+                return action == ScsiPrAction.PreemptAndAbort ? preempted : null;
         }
     }
 
@@ -445,7 +516,7 @@ public sealed partial class ScsiLogicalUnit
         }
         _pr.Aptpl = aptpl;
         _pr.Generation++;
-        SavePersistentReservations();
+        CommitPrChange(task);
     }
 
     /// <summary>Drops the reservation; registrants other than <paramref name="except"/> learn it when the type said they had access (SPC-4 5.9.11.2).</summary>
@@ -463,8 +534,10 @@ public sealed partial class ScsiLogicalUnit
     }
 
     /// <summary>
-    /// PREEMPT and PREEMPT AND ABORT (SPC-4 5.9.11.4). Returns the initiator ports whose
-    /// registrations were removed (the preempted I_T nexuses), or null when the command failed.
+    /// PREEMPT and PREEMPT AND ABORT (SPC-4 5.9.11.4). Returns the initiator ports whose tasks
+    /// PREEMPT AND ABORT aborts: those whose registrations were removed, and the preempter's own
+    /// when it named its own key (its registration stays: the I_T nexus that preempts is never
+    /// unregistered by it). Null when the command failed.
     /// </summary>
     private List<string>? Preempt(ScsiTask task, byte type, ulong serviceKey, string port)
     {
@@ -475,24 +548,25 @@ public sealed partial class ScsiLogicalUnit
             return null;
         }
         bool takesReservation;
-        var removed = new List<string>();
+        var preempted = new List<string>();
+        int removed;
         if (_pr.Type == 0)
         {
             takesReservation = false;
-            RemoveRegistrations(serviceKey, port, allButPreempter: false, removed);
+            removed = RemoveRegistrations(serviceKey, port, allButPreempter: false, preempted);
         }
         else if (allRegistrants)
         {
             takesReservation = serviceKey == 0;
-            RemoveRegistrations(serviceKey, port, allButPreempter: serviceKey == 0, removed);
+            removed = RemoveRegistrations(serviceKey, port, allButPreempter: serviceKey == 0, preempted);
         }
         else
         {
             ulong holderKey = FindRegistration(_pr.Holder!)?.Key ?? 0;
             takesReservation = holderKey == serviceKey;
-            RemoveRegistrations(serviceKey, port, allButPreempter: false, removed);
+            removed = RemoveRegistrations(serviceKey, port, allButPreempter: false, preempted);
         }
-        if (removed.Count == 0 && !takesReservation)
+        if (removed == 0 && !takesReservation)
         {
             ReservationConflict(task);
             return null;
@@ -509,24 +583,33 @@ public sealed partial class ScsiLogicalUnit
                         PostUnitAttentionToPort(registration.InitiatorPort, Asc.ReservationsReleased);
             }
         }
+        Debug.Assert(FindRegistration(port) is not null, "the preempter keeps its registration");
         _pr.Generation++;
-        SavePersistentReservations();
-        _logger.LogInformation("scsi {Target}: {Port} preempted {Removed} registration(s){Reservation}", TargetName, port, removed.Count,
+        if (!CommitPrChange(task)) return null;
+        _logger.LogInformation("scsi {Target}: {Port} preempted {Removed} registration(s){Reservation}", TargetName, port, removed,
             takesReservation ? $" and holds a reservation of type {type}" : "");
-        return removed;
+        return preempted;
     }
 
-    /// <summary>Removes registrations holding <paramref name="key"/> (or all but the preempter's) and adds their ports to <paramref name="removed"/>; each removed port but the preempter's gets REGISTRATIONS PREEMPTED.</summary>
-    private void RemoveRegistrations(ulong key, string preempter, bool allButPreempter, List<string> removed)
+    /// <summary>
+    /// Removes the registrations holding <paramref name="key"/> (or, with <paramref name="allButPreempter"/>,
+    /// every one), never the preempter's own, and returns how many went. Adds each preempted port to
+    /// <paramref name="preempted"/> (the preempter's too when its key matched: PREEMPT AND ABORT aborts
+    /// its other tasks); each removed one gets REGISTRATIONS PREEMPTED.
+    /// </summary>
+    private int RemoveRegistrations(ulong key, string preempter, bool allButPreempter, List<string> preempted)
     {
+        int removed = 0;
         for (int i = _pr.Registrations.Count - 1; i >= 0; i--)
         {
             ScsiPrRegistration registration = _pr.Registrations[i];
             bool self = string.Equals(registration.InitiatorPort, preempter, StringComparison.OrdinalIgnoreCase);
             if (allButPreempter ? self : registration.Key != key) continue;
+            preempted.Add(registration.InitiatorPort);
+            if (self) continue;
             _pr.Registrations.RemoveAt(i);
-            removed.Add(registration.InitiatorPort);
-            if (!self) PostUnitAttentionToPort(registration.InitiatorPort, Asc.RegistrationsPreempted);
+            removed++;
+            PostUnitAttentionToPort(registration.InitiatorPort, Asc.RegistrationsPreempted);
         }
         if (_pr.Type != 0 && !ScsiPrType.IsAllRegistrants(_pr.Type) && FindRegistration(_pr.Holder!) is null)
         {
@@ -534,6 +617,7 @@ public sealed partial class ScsiLogicalUnit
             _pr.Holder = null;
         }
         if (_pr.Type != 0 && ScsiPrType.IsAllRegistrants(_pr.Type) && _pr.Registrations.Count == 0) _pr.Type = 0;
+        return removed;
     }
 
     /// <summary>
@@ -586,47 +670,44 @@ public sealed partial class ScsiLogicalUnit
             return;
         }
         string? destination = ParseTransportId(list.Slice(24, (int)idLength));
-        lock (_prLock)
+        ScsiPrRegistration? mine = FindRegistration(port);
+        if (mine is null || mine.Key != key || _pr.Type == 0 || ScsiPrType.IsAllRegistrants(_pr.Type) || !IsPrHolder(port))
         {
-            ScsiPrRegistration? mine = FindRegistration(port);
-            if (mine is null || mine.Key != key || _pr.Type == 0 || ScsiPrType.IsAllRegistrants(_pr.Type) || !IsPrHolder(port))
-            {
-                ReservationConflict(task);
-                return;
-            }
-            if (serviceKey == 0)
-            {
-                IllegalParameter(task, Asc.InvalidFieldInParameterList, 8);
-                return;
-            }
-            if (destination is null || string.Equals(destination, port, StringComparison.OrdinalIgnoreCase))
-            {
-                IllegalParameter(task, Asc.InvalidFieldInParameterList, 24);
-                return;
-            }
-            if (scope != 0 || !ScsiPrType.IsValid(type))
-            {
-                IllegalRequest(task, Asc.InvalidFieldInCdb, 2);
-                return;
-            }
-            ScsiPrRegistration? target = FindRegistration(destination);
-            if (target is null)
-            {
-                target = new ScsiPrRegistration { InitiatorPort = destination, Key = serviceKey };
-                _pr.Registrations.Add(target);
-            }
-            else
-            {
-                target.Key = serviceKey;
-            }
-            _pr.Holder = destination;
-            _pr.Type = type;
-            if (unregister) _pr.Registrations.Remove(mine);
-            _pr.Aptpl = aptpl;
-            _pr.Generation++;
-            SavePersistentReservations();
-            _logger.LogInformation("scsi {Target}: {Port} moved its persistent reservation to {Destination}", TargetName, port, destination);
+            ReservationConflict(task);
+            return;
         }
+        if (serviceKey == 0)
+        {
+            IllegalParameter(task, Asc.InvalidFieldInParameterList, 8);
+            return;
+        }
+        if (destination is null || string.Equals(destination, port, StringComparison.OrdinalIgnoreCase))
+        {
+            IllegalParameter(task, Asc.InvalidFieldInParameterList, 24);
+            return;
+        }
+        if (scope != 0 || !ScsiPrType.IsValid(type))
+        {
+            IllegalRequest(task, Asc.InvalidFieldInCdb, 2);
+            return;
+        }
+        ScsiPrRegistration? target = FindRegistration(destination);
+        if (target is null)
+        {
+            target = new ScsiPrRegistration { InitiatorPort = destination, Key = serviceKey };
+            _pr.Registrations.Add(target);
+        }
+        else
+        {
+            target.Key = serviceKey;
+        }
+        _pr.Holder = destination;
+        _pr.Type = type;
+        if (unregister) _pr.Registrations.Remove(mine);
+        _pr.Aptpl = aptpl;
+        _pr.Generation++;
+        if (!CommitPrChange(task)) return;
+        _logger.LogInformation("scsi {Target}: {Port} moved its persistent reservation to {Destination}", TargetName, port, destination);
     }
 }
 

@@ -114,6 +114,30 @@ public sealed class ServeSettingsTests
     }
 
     [Fact]
+    public void The_iscsi_abort_wait_comes_from_the_config_file_or_the_command_line_and_reaches_the_server_options()
+    {
+        ServeSettings defaults = ServeSettings.Resolve(new ServeVerb { Pool = "/p" }, new ServeConfigFile());
+        Assert.Equal(TimeSpan.FromSeconds(10), defaults.IscsiOptions.ToServerOptions("/p").AbortWaitTimeout);
+        Assert.Equal(new Target.Protocol.Iscsi.IscsiServerOptions().AbortWaitTimeout, defaults.IscsiOptions.ToServerOptions("/p").AbortWaitTimeout);
+
+        ServeConfigFile file = ServeConfigFile.Parse("""{"pool": "/p", "iscsiAbortWaitMs": 2500}""");
+        ServeSettings fromFile = ServeSettings.Resolve(new ServeVerb(), file);
+        Assert.Equal(2500, fromFile.IscsiOptions.AbortWaitMs);
+        Assert.Equal(TimeSpan.FromMilliseconds(2500), fromFile.IscsiOptions.ToServerOptions("/p").AbortWaitTimeout);
+
+        // The real command-line parser: the long option name and its value.
+        using var parser = new CommandLine.Parser(settings => settings.HelpWriter = null);
+        ServeVerb cli = ((CommandLine.Parsed<ServeVerb>)parser.ParseArguments<ServeVerb>(["--pool", "/p", "--iscsi-abort-wait-ms", "750"])).Value;
+        Assert.Equal(750, cli.IscsiAbortWaitMs);
+        ServeSettings merged = ServeSettings.Resolve(cli, file);
+        Assert.Equal(TimeSpan.FromMilliseconds(750), merged.IscsiOptions.ToServerOptions("/p").AbortWaitTimeout);
+
+        Assert.Throws<FormatException>(() => ServeSettings.Resolve(new ServeVerb { Pool = "/p", IscsiAbortWaitMs = 0 }, new ServeConfigFile()));
+        Assert.Throws<FormatException>(() => ServeSettings.Resolve(new ServeVerb(), ServeConfigFile.Parse("""{"pool": "/p", "iscsiAbortWaitMs": 600000}""")));
+        Assert.Throws<FormatException>(() => ServeConfigFile.Parse("""{"pool": "/p", "iscsiAbortWaitMs": "soon"}"""));
+    }
+
+    [Fact]
     public void Config_file_loads_from_disk()
     {
         string path = Path.Combine(Path.GetTempPath(), $"target-config-{Guid.NewGuid():N}.json");

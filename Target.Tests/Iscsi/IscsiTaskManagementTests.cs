@@ -254,6 +254,162 @@ public sealed class IscsiTaskManagementTests : IAsyncDisposable
         AssertSense(await owner.CommandAsync(Cdb.TestUnitReady(), 0), SenseKey.UnitAttention, Asc.BusDeviceResetOccurred);
     }
 
+    // ---- tasks waiting for data, logout and close ----
+
+    private static byte[] DataOut(uint itt, uint ttt, uint dataSn, uint offset, int length, bool final)
+    {
+        byte[] bhs = new byte[48];
+        bhs[0] = (byte)IscsiOpcode.DataOut;
+        bhs[1] = (byte)(final ? 0x80 : 0);
+        IscsiPdu.SetLengths(bhs, 0, length);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(16), itt);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(20), ttt);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(36), dataSn);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(40), offset);
+        return bhs;
+    }
+
+    private static byte[] Logout(RawIscsiSession session)
+    {
+        byte[] bhs = new byte[48];
+        bhs[0] = 0x40 | (byte)IscsiOpcode.LogoutRequest;
+        bhs[1] = 0x80 | IscsiLogoutReason.CloseSession;
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(16), session.NextItt());
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(24), session.CmdSn);
+        BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(28), session.ExpStatSn);
+        return bhs;
+    }
+
+    private async Task WaitForConnectionsAsync(int expected, TimeSpan timeout)
+    {
+        var clock = Stopwatch.StartNew();
+        while (_server!.ConnectionCount != expected)
+        {
+            Assert.True(clock.Elapsed < timeout, $"{_server.ConnectionCount} connection(s) after {timeout.TotalSeconds} s, expected {expected}");
+            await Task.Delay(20);
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_write_another_session_aborts_while_it_waits_for_data_leaves_at_once_and_solicits_nothing_more(bool dataInFlight)
+    {
+        // 2 MiB with MaxBurstLength 1 MiB and MaxOutstandingR2T 1: the target solicits the first
+        // MiB, and would solicit the second once the first arrived.
+        const int WriteBytes = 2 << 20;
+        Start();
+        RawIscsiSession owner = await LoginAsync("owner", 1);
+        RawIscsiSession resetter = await LoginAsync("resetter", 2);
+        byte[] command = owner.ScsiCommand(Cdb.Write10(0, WriteBytes / Block), WriteBytes, read: false, write: true, immediateBytes: 0);
+        uint writeItt = BinaryPrimitives.ReadUInt32BigEndian(command.AsSpan(16));
+        await owner.SendAsync(command);
+        RawPdu r2t = await owner.ReceiveForAsync(writeItt, s_wait) ?? throw new InvalidOperationException("no R2T");
+        Assert.Equal(IscsiOpcode.ReadyToTransfer, r2t.Opcode);
+        uint ttt = BinaryPrimitives.ReadUInt32BigEndian(r2t.Bhs.AsSpan(20));
+        int solicited = (int)BinaryPrimitives.ReadUInt32BigEndian(r2t.Bhs.AsSpan(44));
+        Assert.True(solicited < WriteBytes, $"one R2T solicited all {solicited} bytes");
+
+        // The solicited burst as Data-Out PDUs of the target's MaxRecvDataSegmentLength.
+        const int Segment = IscsiLimits.TargetMaxRecvDataSegmentBytes;
+        var stream = new MemoryStream();
+        byte[] data = Enumerable.Repeat((byte)0x5A, Segment).ToArray();
+        for (int offset = 0, dataSn = 0; offset < solicited; offset += Segment, dataSn++)
+        {
+            int length = Math.Min(Segment, solicited - offset);
+            bool final = offset + length == solicited;
+            stream.Write(RawIscsiSession.Frame(DataOut(writeItt, ttt, (uint)dataSn, (uint)offset, length, final), data.AsSpan(0, length), headerDigest: false, dataDigest: false));
+        }
+        byte[] frame = stream.ToArray();
+        Assert.True(frame.Length > 2 * (48 + Segment));
+        int half = 48 + Segment + 48 + Segment / 2;   // the first PDU and half the second one's data
+        if (dataInFlight) await owner.SendRawAsync(frame.AsMemory(0, half));   // the target is inside a data segment
+
+        // Another session resets the logical unit: the write is aborted while it waits for data.
+        RawPdu reset = await TaskManagementAsync(resetter, IscsiTaskFunction.LogicalUnitReset);
+        Assert.Equal(IscsiTaskResponse.FunctionComplete, reset.Bhs[2]);
+
+        // The data the initiator still sends for it is read and dropped; no R2T follows, no response.
+        await owner.SendRawAsync(dataInFlight ? frame.AsMemory(half) : frame);
+        await AssertNoResponseForAsync(owner, writeItt);
+        // The task left the task table: its tag may be used again at once (a tag in use is rejected).
+        byte[] reuse = owner.ScsiCommand(Cdb.TestUnitReady(), 0, read: false, write: false, immediateBytes: 0);
+        BinaryPrimitives.WriteUInt32BigEndian(reuse.AsSpan(16), writeItt);
+        await owner.SendAsync(reuse);
+        RawPdu answer = await owner.ReceiveForAsync(writeItt, s_wait) ?? throw new InvalidOperationException("no answer to the reused tag");
+        Assert.Equal(IscsiOpcode.ScsiResponse, answer.Opcode);
+        Assert.Equal((byte)ScsiStatus.CheckCondition, answer.Bhs[3]);   // the reset's unit attention
+        // Nothing of the aborted write landed.
+        RawScsiResult read = await owner.CommandAsync(Cdb.Read10(0, 8), 8 * Block);
+        Assert.Equal(0, read.Status);
+        Assert.True(read.DataIn.All(b => b == 0), "data of the aborted write was written");
+    }
+
+    [Fact]
+    public async Task A_logout_waits_for_a_running_task_only_up_to_the_bound_then_answers_cleanup_failed()
+    {
+        Start(abortWait: TimeSpan.FromMilliseconds(500));
+        RawIscsiSession owner = await LoginAsync("owner", 1);
+        uint readItt = await HoldReadAsync(owner);
+
+        byte[] logout = Logout(owner);
+        uint logoutItt = BinaryPrimitives.ReadUInt32BigEndian(logout.AsSpan(16));
+        var clock = Stopwatch.StartNew();
+        await owner.SendAsync(logout);
+        var others = new List<RawPdu>();
+        RawPdu response = await owner.ReceiveForAsync(logoutItt, s_wait, others) ?? throw new InvalidOperationException("no logout response");
+        Assert.Equal(IscsiOpcode.LogoutResponse, response.Opcode);
+        Assert.Equal(IscsiLogoutResponse.CleanupFailed, response.Bhs[2]);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(400), $"answered after {clock.ElapsedMilliseconds} ms, before the bound");
+        Assert.DoesNotContain(others, pdu => pdu.Itt == readItt);
+        Assert.True(await owner.WaitClosedAsync(s_wait), "the target kept the connection after the logout response");
+        await WaitForConnectionsAsync(0, s_wait);
+        Assert.Equal(1, _volume.Inside);   // the read still runs; the session is gone without it
+
+        // When it ends it is released (nowhere to answer); the target serves on.
+        _volume.Open();
+        RawIscsiSession again = await LoginAsync("owner", 1);
+        RawScsiResult read = await again.CommandAsync(Cdb.Read10(GatedLba, 1), Block);
+        Assert.Equal(0, read.Status);
+    }
+
+    [Fact]
+    public async Task A_logout_answers_closed_once_the_running_task_ended_within_the_bound()
+    {
+        Start();
+        RawIscsiSession owner = await LoginAsync("owner", 1);
+        uint readItt = await HoldReadAsync(owner);
+        byte[] logout = Logout(owner);
+        uint logoutItt = BinaryPrimitives.ReadUInt32BigEndian(logout.AsSpan(16));
+        await owner.SendAsync(logout);
+        Assert.Null(await owner.ReceiveForAsync(logoutItt, s_quiet));
+
+        _volume.Open();
+        var others = new List<RawPdu>();
+        RawPdu response = await owner.ReceiveForAsync(logoutItt, s_wait, others) ?? throw new InvalidOperationException("no logout response");
+        Assert.Equal(IscsiLogoutResponse.Closed, response.Bhs[2]);
+        Assert.Contains(others, pdu => pdu.Itt == readItt);   // the read's response went out first
+        Assert.True(await owner.WaitClosedAsync(s_wait));
+    }
+
+    [Fact]
+    public async Task A_dropped_connection_with_a_task_still_running_closes_within_the_bound()
+    {
+        Start(abortWait: TimeSpan.FromMilliseconds(500));
+        RawIscsiSession owner = await LoginAsync("owner", 1);
+        RawIscsiSession other = await LoginAsync("other", 2);
+        await HoldReadAsync(owner);
+        owner.Abort();
+
+        await WaitForConnectionsAsync(1, TimeSpan.FromSeconds(5));
+        Assert.Equal(1, _volume.Inside);
+        Assert.Equal(1, _server!.SessionCount);
+        _volume.Open();
+        Assert.Equal(0, (await other.CommandAsync(Cdb.TestUnitReady(), 0)).Status);
+        RawIscsiSession again = await LoginAsync("owner", 1);
+        Assert.Equal(0, (await again.CommandAsync(Cdb.Read10(GatedLba, 1), Block)).Status);
+    }
+
     // ---- QUERY TASK, QUERY TASK SET, QUERY ASYNCHRONOUS EVENT ----
 
     [Fact]

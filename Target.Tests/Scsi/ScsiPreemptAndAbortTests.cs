@@ -163,5 +163,14 @@ public sealed class ScsiPreemptAndAbortTests
         ScsiFixture.AssertGood(preempt);
         Assert.Same(preempt, Assert.Single(ownSet.Calls));
         ScsiFixture.AssertGood(f.Run(Cdb.TestUnitReady()));
+
+        // It stays registered and holds the reservation with the new type (SPC-4 5.9.11.4.3).
+        byte[] readReservation = [ScsiOpcode.PersistentReserveIn, ScsiPrAction.ReadReservation, 0, 0, 0, 0, 0, 0, 64, 0];
+        TestScsiTask reservation = f.Run(readReservation);
+        ScsiFixture.AssertGood(reservation);
+        Assert.Equal(16u, BinaryPrimitives.ReadUInt32BigEndian(reservation.Data.Slice(4)));
+        Assert.Equal(0xAAul, BinaryPrimitives.ReadUInt64BigEndian(reservation.Data.Slice(8)));
+        Assert.Equal(ScsiPrType.ExclusiveAccess, reservation.Data[21]);
+        ScsiFixture.AssertGood(f.Run(Cdb.Write10(0, 1), new byte[512]));
     }
 }

@@ -139,6 +139,128 @@ public sealed class ScsiReservationTests
         Assert.Equal(ScsiStatus.ReservationConflict, restarted.Run(Cdb.Write10(0, 1), new byte[512], nexus: stranger).Status);
     }
 
+    /// <summary>PRgeneration and the registered keys, sorted, in hex ("11,22").</summary>
+    private static (uint Generation, string Keys) ReadKeys(ScsiFixture f, ScsiItNexus nexus)
+    {
+        TestScsiTask task = f.Run(PrIn(ScsiPrAction.ReadKeys), nexus: nexus);
+        ScsiFixture.AssertGood(task);
+        int count = (int)BinaryPrimitives.ReadUInt32BigEndian(task.Data.Slice(4)) / 8;
+        var keys = new ulong[count];
+        for (int i = 0; i < count; i++) keys[i] = BinaryPrimitives.ReadUInt64BigEndian(task.Data.Slice(8 + 8 * i));
+        Array.Sort(keys);
+        return (BinaryPrimitives.ReadUInt32BigEndian(task.Data), string.Join(",", keys.Select(k => k.ToString("x"))));
+    }
+
+    /// <summary>(key, type) of the reservation, or (0, 0) when there is none.</summary>
+    private static (ulong Key, byte Type) ReadReservation(ScsiFixture f, ScsiItNexus nexus)
+    {
+        TestScsiTask task = f.Run(PrIn(ScsiPrAction.ReadReservation), nexus: nexus);
+        ScsiFixture.AssertGood(task);
+        if (BinaryPrimitives.ReadUInt32BigEndian(task.Data.Slice(4)) == 0) return (0, 0);
+        return (BinaryPrimitives.ReadUInt64BigEndian(task.Data.Slice(8)), task.Data[21]);
+    }
+
+    [Fact]
+    public void The_holder_preempting_its_own_key_changes_the_type_and_stays_registered()
+    {
+        // SPC-4 5.9.11.4.3: the registrations of the preempted key go, "except the I_T nexus that
+        // is being used for the PERSISTENT RESERVE OUT command"; the holder preempting itself is
+        // how a reservation changes type without a gap.
+        var f = new ScsiFixture();
+        ScsiItNexus other = Second(f);
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Register, serviceKey: 0x11));
+        ScsiFixture.AssertGood(RunPrOut(f, other, ScsiPrAction.Register, serviceKey: 0x22));
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Reserve, ScsiPrType.WriteExclusive, key: 0x11));
+        uint before = ReadKeys(f, f.Nexus).Generation;
+
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Preempt, ScsiPrType.ExclusiveAccess, key: 0x11, serviceKey: 0x11));
+
+        (uint generation, string keys) = ReadKeys(f, f.Nexus);
+        Assert.Equal(before + 1, generation);
+        Assert.Equal("11,22", keys);
+        Assert.Equal((0x11ul, ScsiPrType.ExclusiveAccess), ReadReservation(f, f.Nexus));
+        ScsiFixture.AssertGood(f.Run(Cdb.Write10(0, 1), new byte[512]));
+        ScsiFixture.AssertGood(f.Run(Cdb.TestUnitReady()));   // the preempter gets no attention
+        // The other registrant keeps its registration; the type changed under it (RESERVATIONS RELEASED).
+        ScsiFixture.AssertCheck(f.Run(Cdb.TestUnitReady(), nexus: other), SenseKey.UnitAttention, Asc.ReservationsReleased);
+        Assert.Equal(ScsiStatus.ReservationConflict, f.Run(Cdb.Read10(0, 1), nexus: other).Status);
+        // Still registered: it may release with its key.
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Release, ScsiPrType.ExclusiveAccess, key: 0x11));
+        Assert.Equal((0ul, (byte)0), ReadReservation(f, f.Nexus));
+    }
+
+    [Fact]
+    public void Preempting_a_key_it_shares_removes_the_others_with_it_but_not_the_preempter()
+    {
+        var f = new ScsiFixture();
+        ScsiItNexus twin = Second(f);
+        ScsiItNexus third = ScsiFixture.NewNexus(3);
+        f.Unit.Attach(third);
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Register, serviceKey: 0x33));
+        ScsiFixture.AssertGood(RunPrOut(f, twin, ScsiPrAction.Register, serviceKey: 0x33));
+        ScsiFixture.AssertGood(RunPrOut(f, third, ScsiPrAction.Register, serviceKey: 0x44));
+
+        // No reservation: PREEMPT only removes registrations.
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Preempt, ScsiPrType.WriteExclusive, key: 0x33, serviceKey: 0x33));
+        Assert.Equal("33,44", ReadKeys(f, f.Nexus).Keys);
+        ScsiFixture.AssertCheck(f.Run(Cdb.TestUnitReady(), nexus: twin), SenseKey.UnitAttention, Asc.RegistrationsPreempted);
+        ScsiFixture.AssertGood(f.Run(Cdb.TestUnitReady(), nexus: third));
+        ScsiFixture.AssertGood(f.Run(Cdb.TestUnitReady()));
+
+        // Now nobody else holds 0x33: preempting it would remove nothing, which is a conflict (and changes nothing).
+        uint generation = ReadKeys(f, f.Nexus).Generation;
+        Assert.Equal(ScsiStatus.ReservationConflict,
+            RunPrOut(f, f.Nexus, ScsiPrAction.Preempt, ScsiPrType.WriteExclusive, key: 0x33, serviceKey: 0x33).Status);
+        Assert.Equal((generation, "33,44"), ReadKeys(f, f.Nexus));
+    }
+
+    [Fact]
+    public void A_failed_save_fails_the_command_and_leaves_memory_as_on_disk()
+    {
+        using var temp = new TempDirectory();
+        var volume = new Target.Tests.Support.MemoryVolume("disk", 16 << 20);
+        var f = new ScsiFixture(volume: volume, unit: new ScsiLogicalUnit(volume, ScsiFixture.TargetName, false, NullLogger.Instance, temp.Path));
+        ScsiItNexus other = Second(f);
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Register, serviceKey: 0xA1));
+        ScsiFixture.AssertGood(RunPrOut(f, other, ScsiPrAction.Register, serviceKey: 0xB2));
+        ScsiFixture.AssertGood(RunPrOut(f, f.Nexus, ScsiPrAction.Reserve, ScsiPrType.WriteExclusiveRegistrantsOnly, key: 0xA1));
+        string file = Assert.Single(Directory.GetFiles(temp.Path, "scsi-pr-*.json"));
+        byte[] onDisk = File.ReadAllBytes(file);
+        var saved = ReadKeys(f, f.Nexus);
+
+        // A directory where the temp file goes: the save fails (even for root) before the rename.
+        Directory.CreateDirectory(file + ".tmp");
+        byte[][] failing =
+        [
+            PrOut(ScsiPrAction.Preempt, ScsiPrType.ExclusiveAccess, 0xB2, 0xA1, aptpl: false, out byte[] preempt),
+            PrOut(ScsiPrAction.Clear, 0, 0xB2, 0, aptpl: false, out byte[] clear),
+            PrOut(ScsiPrAction.Register, 0, 0xB2, 0, aptpl: false, out byte[] unregister),
+            PrOut(ScsiPrAction.RegisterAndIgnoreExistingKey, 0, 0, 0xC3, aptpl: true, out byte[] reregister),
+        ];
+        byte[][] parameters = [preempt, clear, unregister, reregister];
+        for (int i = 0; i < failing.Length; i++)
+            ScsiFixture.AssertCheck(f.Run(failing[i], parameters[i], nexus: other), SenseKey.HardwareError, Asc.InternalTargetFailure);
+        ScsiFixture.AssertCheck(RunPrOut(f, f.Nexus, ScsiPrAction.Release, ScsiPrType.WriteExclusiveRegistrantsOnly, key: 0xA1),
+            SenseKey.HardwareError, Asc.InternalTargetFailure);
+
+        // Memory is what the disk says: same generation, keys and holder; no attention was posted.
+        Assert.Equal(onDisk, File.ReadAllBytes(file));
+        Assert.Equal(saved, ReadKeys(f, f.Nexus));
+        Assert.Equal((0xA1ul, ScsiPrType.WriteExclusiveRegistrantsOnly), ReadReservation(f, f.Nexus));
+        ScsiFixture.AssertGood(f.Run(Cdb.TestUnitReady()));
+        ScsiFixture.AssertGood(f.Run(Cdb.TestUnitReady(), nexus: other));
+        ScsiFixture.AssertGood(f.Run(Cdb.Write10(0, 1), new byte[512]));
+        var restarted = new ScsiFixture(volume: volume, unit: new ScsiLogicalUnit(volume, ScsiFixture.TargetName, false, NullLogger.Instance, temp.Path));
+        Assert.Equal(saved, ReadKeys(restarted, restarted.Nexus));
+
+        // Once the file can be written again the same command succeeds.
+        Directory.Delete(file + ".tmp");
+        ScsiFixture.AssertGood(f.Run(failing[0], parameters[0], nexus: other));
+        Assert.Equal((0xB2ul, ScsiPrType.ExclusiveAccess), ReadReservation(f, other));
+        Assert.Equal(saved.Generation + 1, ReadKeys(f, other).Generation);
+        ScsiFixture.AssertCheck(f.Run(Cdb.TestUnitReady()), SenseKey.UnitAttention, Asc.RegistrationsPreempted);
+    }
+
     [Fact]
     public void Reserve6_conflicts_for_others_and_goes_away_with_its_nexus()
     {

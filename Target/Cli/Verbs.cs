@@ -35,6 +35,9 @@ public sealed class ServeVerb
     [Option("iscsi-portal", HelpText = "HOST:PORT that iSCSI discovery advertises as TargetAddress. Default: the address the initiator connected to.")]
     public string? IscsiPortal { get; set; }
 
+    [Option("iscsi-abort-wait-ms", HelpText = "How long iSCSI task management, PREEMPT AND ABORT, logout and connection close wait for aborted or running commands, in ms. Default 10000 (below open-iscsi's 15 s abort timeout).")]
+    public int? IscsiAbortWaitMs { get; set; }
+
     [Option("no-direct", HelpText = "Open back-end files without O_DIRECT (tmpfs).")]
     public bool NoDirect { get; set; }
 

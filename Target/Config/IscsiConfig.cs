@@ -51,10 +51,21 @@ public sealed record IscsiSettings
     /// <summary>Initiator names allowed per volume name ("*" for every volume).</summary>
     public IReadOnlyDictionary<string, IReadOnlyList<string>> Initiators { get; init; } = new Dictionary<string, IReadOnlyList<string>>();
 
-    public static IscsiSettings Resolve(string? portal, Dictionary<string, ChapConfig>? chap, ChapConfig? discoveryChap, Dictionary<string, List<string>>? initiators)
+    /// <summary>IscsiServerOptions.AbortWaitTimeout: task management, PREEMPT AND ABORT, logout and close wait at most this long for commands.</summary>
+    public int AbortWaitMs { get; init; } = DefaultAbortWaitMs;
+
+    public const int DefaultAbortWaitMs = 10_000;
+
+    /// <summary>Longest accepted abort wait: beyond a minute every initiator has long given up and escalated.</summary>
+    public const int AbortWaitMsMax = 60_000;
+
+    public static IscsiSettings Resolve(string? portal, Dictionary<string, ChapConfig>? chap, ChapConfig? discoveryChap, Dictionary<string, List<string>>? initiators,
+        int? abortWaitMs = null)
     {
         if (portal is not null && !Cli.EndpointParser.TryParse(portal, out _, out string? error))
             throw new FormatException($"--iscsi-portal: {error}");
+        if (abortWaitMs is < 1 or > AbortWaitMsMax)
+            throw new FormatException($"--iscsi-abort-wait-ms / iscsiAbortWaitMs: {abortWaitMs} is not between 1 and {AbortWaitMsMax} ms");
         var credentials = new Dictionary<string, IscsiChapCredentials>(StringComparer.Ordinal);
         foreach ((string volume, ChapConfig entry) in chap ?? [])
             credentials[volume] = entry.ToCredentials($"iscsiChap.{volume}");
@@ -72,6 +83,7 @@ public sealed record IscsiSettings
             Chap = credentials,
             DiscoveryChap = discoveryChap?.ToCredentials("iscsiDiscoveryChap"),
             Initiators = allowed,
+            AbortWaitMs = abortWaitMs ?? DefaultAbortWaitMs,
         };
     }
 
@@ -81,6 +93,7 @@ public sealed record IscsiSettings
         TargetChap = Chap,
         DiscoveryChap = DiscoveryChap,
         AllowedInitiators = Initiators,
+        AbortWaitTimeout = TimeSpan.FromMilliseconds(AbortWaitMs),
         StateDirectory = poolDirectory,
     };
 }

@@ -7,7 +7,7 @@ namespace Target.Config;
 /// <summary>
 /// The JSON form of <c>target serve</c>'s settings (--config FILE). Keys are camelCase and match the
 /// long options: pool, poolSize, volumes, nbd, nbdSocket, admin, noDirect, writeMode, cache, readCache, device, fillWarnings, logLevel,
-/// iscsi, iscsiPortal, plus iscsiChap / iscsiDiscoveryChap / iscsiInitiators (config file only: secrets stay off the command line).
+/// iscsi, iscsiPortal, iscsiAbortWaitMs, plus iscsiChap / iscsiDiscoveryChap / iscsiInitiators (config file only: secrets stay off the command line).
 /// Sizes are numbers of bytes or strings with K/M/G/T suffixes; volumes are "NAME:SIZE" strings or
 /// {"name", "size", "logicalBlockSize"} objects. Unknown keys are an error (typos should not pass silently).
 /// </summary>
@@ -47,6 +47,9 @@ public sealed class ServeConfigFile
 
     /// <summary>Portal "HOST:PORT" that iSCSI discovery advertises (default: the address the initiator connected to).</summary>
     public string? IscsiPortal { get; set; }
+
+    /// <summary>Bound on the waits of task management, PREEMPT AND ABORT, logout and close for commands still running, in ms.</summary>
+    public int? IscsiAbortWaitMs { get; set; }
 
     /// <summary>CHAP secrets per volume name ("*" for all volumes).</summary>
     public Dictionary<string, ChapConfig>? IscsiChap { get; set; }

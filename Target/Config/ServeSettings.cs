@@ -104,7 +104,8 @@ public sealed record ServeSettings
             ReadCacheBytes = readCacheBytes,
             LogLevel = logLevel,
             Iscsi = ParseListener(cli.Iscsi ?? file.Iscsi ?? "off", "iscsi"),
-            IscsiOptions = IscsiSettings.Resolve(cli.IscsiPortal ?? file.IscsiPortal, file.IscsiChap, file.IscsiDiscoveryChap, file.IscsiInitiators),
+            IscsiOptions = IscsiSettings.Resolve(cli.IscsiPortal ?? file.IscsiPortal, file.IscsiChap, file.IscsiDiscoveryChap, file.IscsiInitiators,
+                cli.IscsiAbortWaitMs ?? file.IscsiAbortWaitMs),
         };
     }
 
