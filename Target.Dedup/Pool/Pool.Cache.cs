@@ -70,6 +70,12 @@ public sealed partial class Pool
     private readonly uint[] _candidateCrcs = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly int[] _candidateCount = new int[MaxBatchBlocks];
     private readonly Dictionary<ulong, int> _batchLocal = new(MaxBatchBlocks);
+    private readonly int[] _prefetchAt = new int[MaxBatchBlocks];
+    private readonly uint[] _prefetchLocations = new uint[MaxBatchBlocks];
+    private readonly int[] _prefetchPages = new int[MaxBatchBlocks];
+    /// <summary>Stored candidates read ahead for verification; runs of distinct blocks, at most one per page.</summary>
+    private AlignedBuffer? _prefetchBufferStore;
+    private AlignedBuffer _prefetchBuffer => _prefetchBufferStore ??= new AlignedBuffer(MaxBatchBlocks * ChunkBytes);
     /// <summary>New chunks of the group's earlier batches (not in the index until applied): fingerprint prefix -> (slot, new index).</summary>
     private readonly Dictionary<ulong, (int Slot, int New)> _groupNew = new(MaxBatchBlocks * MaxGroupBatches);
 
@@ -400,6 +406,8 @@ public sealed partial class Pool
             }
         }
 
+        PrefetchCandidates(count);
+
         // Verify candidates byte for byte (a fingerprint match alone never shares a chunk), then decide.
         _batchLocal.Clear();
         int newCount = 0;
@@ -408,7 +416,8 @@ public sealed partial class Pool
             _batchNewIndex[i] = -1;
             if (_batchValue[i] == ChunkTable.ZeroId) continue;
             ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
-            for (int k = 0; k < _candidateCount[i] && _batchValue[i] == ChunkTable.HoleId; k++)
+            if (_prefetchAt[i] >= 0 && PrefetchedEquals(i, data)) _batchValue[i] = _candidateIds[i * MaxCandidates];
+            for (int k = _prefetchAt[i] >= 0 ? 1 : 0; k < _candidateCount[i] && _batchValue[i] == ChunkTable.HoleId; k++)
             {
                 if (VerifyStoredChunk(_candidateIds[i * MaxCandidates + k], _candidateLocations[i * MaxCandidates + k], _candidateCrcs[i * MaxCandidates + k], data))
                     _batchValue[i] = _candidateIds[i * MaxCandidates + k];
@@ -482,6 +491,63 @@ public sealed partial class Pool
     }
 
     private Volume? VolumeOfKey(long key) => _volumes.TryGetValue(WriteCache.VolumeOf(key), out Volume? v) ? v : null;
+
+    /// <summary>
+    /// Reads the first candidate of every page whose candidate is not in the read cache, sorted by
+    /// location, one device read per run of adjacent blocks: rewriting data that is already stored
+    /// (a second copy of an image) verifies 256 chunks with a few large reads instead of 256
+    /// random 4 KiB ones. _prefetchAt[i] is the block in _prefetchBuffer, or -1.
+    /// </summary>
+    private void PrefetchCandidates(int count)
+    {
+        int wanted = 0;
+        lock (_sync)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                _prefetchAt[i] = -1;
+                if (_candidateCount[i] == 0 || _chunkCache.Contains(_candidateIds[i * MaxCandidates])) continue;
+                _prefetchLocations[wanted] = _candidateLocations[i * MaxCandidates];
+                _prefetchPages[wanted] = i;
+                wanted++;
+            }
+        }
+        if (wanted == 0) return;
+        Array.Sort(_prefetchLocations, _prefetchPages, 0, wanted);
+        int used = 0;
+        for (int start = 0; start < wanted;)
+        {
+            // A run: locations that follow each other (or repeat: two pages with the same content).
+            int end = start + 1;
+            while (end < wanted && _prefetchLocations[end] - _prefetchLocations[end - 1] <= 1) end++;
+            uint first = _prefetchLocations[start];
+            int blocks = (int)(_prefetchLocations[end - 1] - first) + 1;
+            try
+            {
+                _device.Read(Superblock.BlockOffset(first), _prefetchBuffer.Slice(used * ChunkBytes, blocks * ChunkBytes));
+                for (int j = start; j < end; j++) _prefetchAt[_prefetchPages[j]] = used + (int)(_prefetchLocations[j] - first);
+            }
+            catch (IOException e)
+            {
+                // Each page falls back to reading its candidate alone (which logs what fails).
+                _log.LogWarning("dedup verify read of blocks {First}+{Blocks} failed: {Message}", first, blocks, e.Message);
+            }
+            used += blocks;
+            start = end;
+        }
+    }
+
+    /// <summary>Page i's prefetched first candidate passes its CRC and holds the same bytes.</summary>
+    private bool PrefetchedEquals(int i, ReadOnlySpan<byte> data)
+    {
+        ReadOnlySpan<byte> stored = _prefetchBuffer.Slice(_prefetchAt[i] * ChunkBytes, ChunkBytes);
+        if (Crc32C.Compute(stored) != _candidateCrcs[i * MaxCandidates])
+        {
+            _log.LogError("stored chunk at block {Location} fails its CRC; not sharing it", _candidateLocations[i * MaxCandidates]);
+            return false;
+        }
+        return stored.SequenceEqual(data);
+    }
 
     /// <summary>Reads a stored chunk and compares it with <paramref name="data"/>; a read or CRC failure is a mismatch.</summary>
     private bool VerifyStoredChunk(uint id, uint location, uint crc, ReadOnlySpan<byte> data)

@@ -420,6 +420,7 @@ public sealed partial class Pool : IAsyncDisposable
         _cache.Dispose();
         _logBuffer.Dispose();
         for (int i = 1; i < _slots.Length; i++) _slots[i].Dispose(); // slot 0 is _logBuffer
+        _prefetchBufferStore?.Dispose();
         _verifyBuffer.Dispose();
         _chunkCache.Dispose();
     }

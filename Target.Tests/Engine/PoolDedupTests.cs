@@ -66,6 +66,43 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task RewritingStoredDataSharesItWhenNoneOfItIsCached()
+    {
+        // No read cache: every candidate is verified from the device, by the destager's reads of
+        // runs of adjacent stored chunks (in any order, repeated, mixed with new data).
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path, cachePages: 2048) with { ReadCacheBytes = 0 };
+        const int blocks = 512;
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", blocks * Chunk, 512, None);
+            byte[] all = new byte[blocks * Chunk];
+            for (int b = 0; b < blocks; b++) Pattern(b, 1).CopyTo(all, b * Chunk);
+            await v.WriteAsync(0, all, WriteFlags.None, None);
+            await v.FlushAsync(None);
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume w = await pool.CreateVolumeAsync("w", 2 * blocks * Chunk, 512, None);
+            // Stored blocks backwards, each stored block 7 twice, and a new block every 10th.
+            var expected = new List<byte[]>();
+            for (int b = blocks - 1; b >= 0; b--)
+            {
+                expected.Add(Pattern(b, 1));
+                if (b % 7 == 0) expected.Add(Pattern(b, 1));
+                if (b % 10 == 0) expected.Add(Pattern(b, 2));
+            }
+            byte[] image = expected.SelectMany(x => x).ToArray();
+            await w.WriteAsync(0, image, WriteFlags.None, None);
+            await w.FlushAsync(None);
+            int fresh = Enumerable.Range(0, blocks).Count(b => b % 10 == 0);
+            Assert.Equal(blocks + fresh, pool.GetStats().UniqueChunks);
+            Assert.Equal(image, await ReadAsync(w, 0, image.Length));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
     public async Task CompareAndWriteWritesAllOrNothing()
     {
         using var dir = new TempPoolDir();
