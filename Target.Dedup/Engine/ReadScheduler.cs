@@ -207,18 +207,30 @@ internal sealed unsafe class ReadScheduler : IDisposable
                     inFlightRuns += read.Runs;
                     work = true;
                 }
-                while (ring.TryTakeCqe(out IoUring.Cqe cqe))
+                if (ring.HasCqe)
                 {
-                    work = true;
-                    if (cqe.UserData == WakeTag)
+                    // Replies the finished reads produce go out together at the end of the batch.
+                    CompletionBatch.Begin();
+                    try
                     {
-                        wakeArmed = false;
-                        continue;
+                        while (ring.TryTakeCqe(out IoUring.Cqe cqe))
+                        {
+                            work = true;
+                            if (cqe.UserData == WakeTag)
+                            {
+                                wakeArmed = false;
+                                continue;
+                            }
+                            RingRead read = _ringSlots[(int)(cqe.UserData >> 8)];
+                            read.RunResult[(int)(cqe.UserData & 0xff)] = cqe.Result;
+                            inFlightRuns--;
+                            if (--read.PendingRuns == 0) read.Finish();
+                        }
                     }
-                    RingRead read = _ringSlots[(int)(cqe.UserData >> 8)];
-                    read.RunResult[(int)(cqe.UserData & 0xff)] = cqe.Result;
-                    inFlightRuns--;
-                    if (--read.PendingRuns == 0) read.Finish();
+                    finally
+                    {
+                        CompletionBatch.End();
+                    }
                 }
                 if (_ringStopping && inFlightRuns == 0 && !wakeArmed && _ringQueue.IsEmpty) return;
                 if (work)
