@@ -183,20 +183,24 @@ internal sealed unsafe class ReadScheduler : IDisposable
         ready.Set();
         int inFlightRuns = 0;
         bool wakeArmed = false;
+        RingRead? held = null;
         try
         {
             while (true)
             {
                 bool work = false;
                 if (!wakeArmed && !_ringStopping && ring.TryPrepareRead(_eventFd, _wakeBuffer, 8, 0, WakeTag, fixedBuffer: false)) wakeArmed = true;
-                while (_ringQueue.TryPeek(out RingRead? read))
+                // (TryPeek would pin the queue's segment and make every later enqueue allocate a new
+                // one, so a read that finds the SQ full waits in `held` instead.)
+                while (held != null || _ringQueue.TryDequeue(out held))
                 {
+                    RingRead read = held;
                     if (ring.SqRoom < (uint)read.Runs)
                     {
                         ring.Enter(0);
                         if (ring.SqRoom < (uint)read.Runs) break;
                     }
-                    _ringQueue.TryDequeue(out _);
+                    held = null;
                     read.PendingRuns = read.Runs;
                     for (int i = 0; i < read.Runs; i++)
                     {
@@ -232,7 +236,7 @@ internal sealed unsafe class ReadScheduler : IDisposable
                         CompletionBatch.End();
                     }
                 }
-                if (_ringStopping && inFlightRuns == 0 && !wakeArmed && _ringQueue.IsEmpty) return;
+                if (_ringStopping && inFlightRuns == 0 && !wakeArmed && held == null && _ringQueue.IsEmpty) return;
                 if (work)
                 {
                     ring.Enter(0);
@@ -241,7 +245,7 @@ internal sealed unsafe class ReadScheduler : IDisposable
                 // Idle: say so, look once more, then submit and sleep until a completion (a device
                 // read, or the wake-up read of the eventfd that SubmitRingRead writes to).
                 Interlocked.Exchange(ref _ringSleeping, 1);
-                if (!_ringQueue.IsEmpty)
+                if (held != null || !_ringQueue.IsEmpty)
                 {
                     Interlocked.Exchange(ref _ringSleeping, 0);
                     continue;
