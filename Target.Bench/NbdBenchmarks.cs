@@ -94,7 +94,7 @@ public class NbdLoopbackBenchmarks
     private NbdServer _server = null!;
     private Task _run = null!;
     private CancellationTokenSource _stop = null!;
-    private Socket _client = null!;
+    private BlockingNbdClient _client = null!;
     private byte[] _batch = [];
     private byte[] _replies = [];
 
@@ -107,9 +107,7 @@ public class NbdLoopbackBenchmarks
         _stop = new CancellationTokenSource();
         _run = _server.RunAsync(_stop.Token);
 
-        _client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 10_000, SendTimeout = 10_000 };
-        _client.Connect(_server.BoundEndPoints[0]);
-        Handshake();
+        _client = BlockingNbdClient.Connect(_server.BoundEndPoints[0], "disk");
 
         var random = new Random(Seed);
         int payloadBytes = Command == NbdCommand.Write ? BlockBytes : 0;
@@ -125,47 +123,12 @@ public class NbdLoopbackBenchmarks
         _replies = new byte[QueueDepth * (NbdLimits.SimpleReplyHeaderBytes + (Command == NbdCommand.Read ? BlockBytes : 0))];
     }
 
-    private void Handshake()
-    {
-        Span<byte> buffer = stackalloc byte[64];
-        ReceiveExactly(buffer.Slice(0, 18));
-        BinaryPrimitives.WriteUInt32BigEndian(buffer, NbdHandshakeFlags.ClientFixedNewstyle | NbdHandshakeFlags.ClientNoZeroes);
-        _client.Send(buffer.Slice(0, 4));
-
-        // NBD_OPT_GO "disk" with no information requests, simple replies.
-        int used = NbdOptions.WriteHeader(buffer, NbdOption.Go, 4 + 4 + 2);
-        BinaryPrimitives.WriteUInt32BigEndian(buffer.Slice(used), 4);
-        "disk"u8.CopyTo(buffer.Slice(used + 4));
-        BinaryPrimitives.WriteUInt16BigEndian(buffer.Slice(used + 8), 0);
-        _client.Send(buffer.Slice(0, used + 10));
-        while (true)
-        {
-            ReceiveExactly(buffer.Slice(0, NbdLimits.OptionReplyHeaderBytes));
-            uint type = BinaryPrimitives.ReadUInt32BigEndian(buffer.Slice(12));
-            int length = (int)BinaryPrimitives.ReadUInt32BigEndian(buffer.Slice(16));
-            ReceiveExactly(new byte[length]);
-            if (type == NbdOptionReply.Ack) return;
-            if ((type & NbdOptionReply.ErrorBit) != 0) throw new InvalidOperationException($"NBD_OPT_GO failed: 0x{type:x8}");
-        }
-    }
-
-    private void ReceiveExactly(Span<byte> destination)
-    {
-        while (!destination.IsEmpty)
-        {
-            int received = _client.Receive(destination);
-            if (received == 0) throw new EndOfStreamException("server closed");
-            destination = destination.Slice(received);
-        }
-    }
-
     /// <summary>32 pipelined requests in one send; all 32 replies (any order) received.</summary>
     [Benchmark(OperationsPerInvoke = QueueDepth)]
     public uint Pipelined4KiB()
     {
-        ReadOnlySpan<byte> batch = _batch;
-        while (!batch.IsEmpty) batch = batch.Slice(_client.Send(batch));
-        ReceiveExactly(_replies);
+        _client.Send(_batch);
+        _client.ReceiveExactly(_replies);
         return BinaryPrimitives.ReadUInt32BigEndian(_replies);
     }
 

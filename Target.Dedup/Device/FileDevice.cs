@@ -18,6 +18,9 @@ public sealed unsafe class FileDevice : IBlockDevice
 
     public string Name { get; }
 
+    /// <summary>The open file descriptor, for reads submitted through io_uring (-1 once disposed).</summary>
+    internal int Descriptor => _fd;
+
     public long SizeBytes { get; }
 
     /// <summary>Opens (creating and preallocating when <paramref name="createSizeBytes"/> is set) a back-end file.</summary>

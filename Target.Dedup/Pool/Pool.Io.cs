@@ -2,6 +2,7 @@
 // the chunk's CRC), writes into the cache (read-modify-write for partial chunks), trim and
 // write-zeroes as journalled map ranges, allocation queries, compare-and-write, and copy by
 // reference. Invariant: a read never returns bytes that fail their CRC; unmapped reads are zeros.
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Target.Dedup.Device;
 using Target.Dedup.Engine;
@@ -11,7 +12,7 @@ using Target.Dedup.Index;
 
 namespace Target.Dedup;
 
-public sealed partial class Pool
+public sealed partial class Pool : IRingReadClient
 {
     /// <summary>Blocks read with one device request at most (1 MiB): runs of chunks that lie next to each other in the log.</summary>
     private const int MaxReadRunBlocks = 256;
@@ -22,34 +23,130 @@ public sealed partial class Pool
     /// Held (read side) from looking up a chunk's location to the end of the device read, so a
     /// segment is never handed back for reuse while a read of it is in flight. Lock order: gate, then _sync.
     /// </summary>
-    private readonly ReaderWriterLockSlim _reuseGate = new(LockRecursionPolicy.SupportsRecursion);
+    private readonly ReuseGate _reuseGate = new();
 
     [ThreadStatic] private static AlignedBuffer? t_readBuffer;
     [ThreadStatic] private static ReadPlan? t_readPlan;
 
     private static AlignedBuffer ReadBuffer => t_readBuffer ??= new AlignedBuffer(MaxReadRunBlocks * ChunkBytes);
 
-    /// <summary>Per-thread scratch for one window of a read: where each block's bytes come from.</summary>
-    private sealed class ReadPlan
-    {
-        public readonly uint[] Id = new uint[MaxReadRunBlocks];
-        public readonly uint[] Location = new uint[MaxReadRunBlocks];
-        public readonly uint[] Crc = new uint[MaxReadRunBlocks];
-        public readonly int[] DestinationOffset = new int[MaxReadRunBlocks];
-        public readonly int[] InChunk = new int[MaxReadRunBlocks];
-        public readonly int[] Length = new int[MaxReadRunBlocks];
-    }
+    /// <summary>True when small device reads go through io_uring (false: read threads only, e.g. when the kernel forbids it).</summary>
+    internal bool ReadsUseIoUring => _reads?.HasRing == true && _device is FileDevice;
 
     internal VolumeStats VolumeStatsOf(Volume volume)
     {
         lock (_sync) return volume.StatsLocked();
     }
 
-    /// <summary>Completes inline when the cache and holes cover the range; otherwise on a read thread.</summary>
+    /// <summary>
+    /// Completes inline when the caches and holes cover the range; otherwise small reads go to the
+    /// device through io_uring (finished on the ring thread) and others to a read thread.
+    /// </summary>
     internal ValueTask ReadAsync(Volume volume, long offset, Memory<byte> destination)
     {
+        if (destination.Length <= RingRead.MaxBytes && _device is FileDevice file && _reads!.TryRentRingRead() is { } ring)
+            return ReadWithRing(ring, file, volume, offset, destination);
         if (TryReadWithoutDevice(volume, offset, destination.Span)) return ValueTask.CompletedTask;
         return _reads!.ReadAsync(volume, offset, destination);
+    }
+
+    /// <summary>Plans the read under the lock (memory serves what it can), then queues the device reads of the rest on the ring.</summary>
+    private ValueTask ReadWithRing(RingRead read, FileDevice file, Volume volume, long offset, Memory<byte> destination)
+    {
+        int planned;
+        _reuseGate.EnterRead();
+        try
+        {
+            int done = 0;
+            lock (_sync) planned = PlanWindowLocked(volume, offset, destination.Span, ref done, read.Plan);
+            Debug.Assert(done == destination.Length, "a ring read fits one planning window");
+        }
+        catch
+        {
+            _reuseGate.ExitRead();
+            read.Cancel();
+            throw;
+        }
+        if (planned == 0)
+        {
+            _reuseGate.ExitRead();
+            read.Cancel();
+            return ValueTask.CompletedTask;
+        }
+        // Runs of chunks that lie next to each other in the log: one device read each. Chunk i of
+        // the plan lands at block i of the slot, so a run reads straight into consecutive blocks.
+        read.Plan.Planned = planned;
+        int runs = 0;
+        for (int i = 0; i < planned;)
+        {
+            int run = 1;
+            while (i + run < planned && read.Plan.Location[i + run] == read.Plan.Location[i] + run) run++;
+            read.RunFirst[runs] = i;
+            read.RunBlocks[runs] = run;
+            read.RunOffset[runs] = Superblock.BlockOffset(read.Plan.Location[i]);
+            runs++;
+            i += run;
+        }
+        read.Runs = runs;
+        read.Fd = file.Descriptor;
+        read.Client = this;
+        read.Destination = destination;
+        return _reads!.SubmitRingRead(read);
+    }
+
+    /// <summary>On the ring thread: every device read of <paramref name="read"/> is done; check, copy, cache, complete.</summary>
+    void IRingReadClient.FinishRingRead(RingRead read)
+    {
+        Exception? error = null;
+        try
+        {
+            Span<byte> slot = read.BufferSpan;
+            Span<byte> destination = read.Destination.Span;
+            for (int r = 0; r < read.Runs; r++)
+            {
+                int first = read.RunFirst[r], blocks = read.RunBlocks[r];
+                Span<byte> stored = slot.Slice(first * ChunkBytes, blocks * ChunkBytes);
+                if (read.RunResult[r] != stored.Length)
+                {
+                    // Short, failed or never submitted: read it again synchronously, which retries
+                    // short transfers and turns a real error into a MediaErrorException.
+                    if (read.RunResult[r] < 0 && read.RunResult[r] != RingRead.NotSubmitted)
+                        _log.LogWarning("io_uring read of {Blocks} chunks at block {Location} failed (errno {Errno}); retrying with pread", blocks, read.Plan.Location[first], -read.RunResult[r]);
+                    ReadStoredRunInto(read.Plan.Location[first], stored);
+                }
+                for (int k = first; k < first + blocks; k++)
+                {
+                    Span<byte> chunk = slot.Slice(k * ChunkBytes, ChunkBytes);
+                    CheckStoredCrc(chunk, read.Plan.Location[k], read.Plan.Crc[k]);
+                    chunk.Slice(read.Plan.InChunk[k], read.Plan.Length[k]).CopyTo(destination.Slice(read.Plan.DestinationOffset[k], read.Plan.Length[k]));
+                }
+            }
+            if (_chunkCache.Slots > 0)
+            {
+                lock (_sync)
+                {
+                    for (int k = 0; k < read.Plan.Planned; k++)
+                        CacheIfCurrentLocked(read.Plan.Id[k], read.Plan.Location[k], read.Plan.Crc[k], slot.Slice(k * ChunkBytes, ChunkBytes));
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            error = e;
+        }
+        finally
+        {
+            _reuseGate.ExitRead();
+        }
+        read.Complete(error);
+    }
+
+    /// <summary>Caches a chunk just read only when it is still that chunk's bytes: the id may have been freed and reused meanwhile.</summary>
+    private void CacheIfCurrentLocked(uint id, uint location, uint crc, ReadOnlySpan<byte> chunk)
+    {
+        if (!_state.Chunks.IsLive(id)) return;
+        ChunkEntry e = _state.Chunks[id];
+        if (e.Location == location && e.Crc == crc) _chunkCache.Insert(id, chunk);
     }
 
     /// <summary>Serves the read from cache pages, holes and the read cache only; false (having copied some) when a stored chunk is needed.</summary>
@@ -68,7 +165,8 @@ public sealed partial class Pool
     private int PlanWindowLocked(Volume volume, long offset, Span<byte> destination, ref int done, ReadPlan? plan)
     {
         int planned = 0;
-        while (done < destination.Length && planned < MaxReadRunBlocks)
+        int capacity = plan?.Capacity ?? MaxReadRunBlocks;
+        while (done < destination.Length && planned < capacity)
         {
             long position = offset + done;
             long block = position / ChunkBytes;
@@ -112,20 +210,20 @@ public sealed partial class Pool
             ReadGuarded(volume, offset, destination);
             return;
         }
-        _reuseGate.EnterReadLock();
+        _reuseGate.EnterRead();
         try
         {
             ReadGuarded(volume, offset, destination);
         }
         finally
         {
-            _reuseGate.ExitReadLock();
+            _reuseGate.ExitRead();
         }
     }
 
     private void ReadGuarded(Volume volume, long offset, Span<byte> destination)
     {
-        ReadPlan plan = t_readPlan ??= new ReadPlan();
+        ReadPlan plan = t_readPlan ??= new ReadPlan(MaxReadRunBlocks);
         int done = 0;
         while (done < destination.Length)
         {
@@ -149,14 +247,7 @@ public sealed partial class Pool
                     lock (_sync)
                     {
                         for (int k = 0; k < run; k++)
-                        {
-                            // Cache only what is still that chunk's bytes: the id may have been freed and reused meanwhile.
-                            uint id = plan.Id[i + k];
-                            if (!_state.Chunks.IsLive(id)) continue;
-                            ChunkEntry e = _state.Chunks[id];
-                            if (e.Location == plan.Location[i + k] && e.Crc == plan.Crc[i + k])
-                                _chunkCache.Insert(id, stored.Slice(k * ChunkBytes, ChunkBytes));
-                        }
+                            CacheIfCurrentLocked(plan.Id[i + k], plan.Location[i + k], plan.Crc[i + k], stored.Slice(k * ChunkBytes, ChunkBytes));
                     }
                 }
                 i += run;
@@ -167,16 +258,23 @@ public sealed partial class Pool
     private Span<byte> ReadStoredRun(uint location, int blocks)
     {
         Span<byte> stored = ReadBuffer.Slice(0, blocks * ChunkBytes);
+        ReadStoredRunInto(location, stored);
+        return stored;
+    }
+
+    /// <summary>Reads whole chunks from <paramref name="location"/> into an aligned buffer; a device error is a MediaErrorException.</summary>
+    private void ReadStoredRunInto(uint location, Span<byte> stored)
+    {
         try
         {
             _device.Read(Superblock.BlockOffset(location), stored);
         }
         catch (IOException e)
         {
+            int blocks = stored.Length / ChunkBytes;
             _log.LogError("read of {Blocks} chunks at block {Location} failed: {Message}", blocks, location, e.Message);
             throw new MediaErrorException($"device read failed at block {location}: {e.Message}", e);
         }
-        return stored;
     }
 
     private void CheckStoredCrc(ReadOnlySpan<byte> chunk, uint location, uint crc)
@@ -337,7 +435,7 @@ public sealed partial class Pool
     /// <summary>Reads a mapped chunk's bytes; the chunk may be freed meanwhile, which the caller detects by re-checking the map.</summary>
     private void ReadMappedChunk(uint id, Span<byte> destination)
     {
-        _reuseGate.EnterReadLock();
+        _reuseGate.EnterRead();
         try
         {
             uint location, crc;
@@ -353,7 +451,7 @@ public sealed partial class Pool
         }
         finally
         {
-            _reuseGate.ExitReadLock();
+            _reuseGate.ExitRead();
         }
     }
 

@@ -19,7 +19,7 @@ namespace Target.Protocol.Nbd;
 
 internal sealed record NbdSession(NbdExport Export, NbdTransmissionFlags Flags, bool StructuredReplies, bool BlockStatusEnabled);
 
-internal sealed partial class NbdConnection : IServerConnection
+internal sealed partial class NbdConnection : IServerConnection, ICompletionBatchListener
 {
     private readonly Socket _socket;
     private readonly INbdExportCatalog _catalog;
@@ -298,7 +298,10 @@ internal sealed partial class NbdConnection : IServerConnection
         if (left == 0 && Volatile.Read(ref _closing) != 0) _drained?.TrySetResult();
     }
 
-    /// <summary>Queues a finished operation's reply. On the receive loop the send waits for the end of the parse pass.</summary>
+    /// <summary>
+    /// Queues a finished operation's reply. On the receive loop the send waits for the end of the parse
+    /// pass; on a thread finishing a batch of engine completions, for the end of that batch.
+    /// </summary>
     internal void EnqueueReply(NbdOperation operation, bool onReceiveLoop)
     {
         lock (_replyLock)
@@ -306,8 +309,11 @@ internal sealed partial class NbdConnection : IServerConnection
             _readyReplies.Add(operation);
         }
         if (onReceiveLoop) _repliesQueuedInPass = true;
-        else _replySignal.Set();
+        else if (!CompletionBatch.TryDefer(this)) _replySignal.Set();
     }
+
+    /// <summary>A batch of engine completions that produced replies of this connection ended: send them together.</summary>
+    void ICompletionBatchListener.OnCompletionBatchEnd() => _replySignal.Set();
 
     // ---- send loop ----
 

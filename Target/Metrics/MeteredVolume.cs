@@ -1,8 +1,10 @@
 // A volume decorator that counts operations, bytes, errors and latency per op type.
 // Invariants: every call is forwarded unchanged (same arguments, same exceptions); the fast path
-// (inner call completed synchronously) allocates nothing, the slow path uses a pooled builder.
+// (inner call completed synchronously) allocates nothing, the slow path a pooled completion object.
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
 using Target.Dedup;
 
 namespace Target.Metrics;
@@ -181,19 +183,76 @@ public sealed class MeteredVolume : IBlockVolume
         return AwaitAsync(task, op, bytes, start);
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask AwaitAsync(ValueTask task, VolumeOp op, long bytes, long start)
+    /// <summary>
+    /// An inner call still running: a pooled completion records the metrics when it ends. (The
+    /// pooling async builder allocated here: its boxes are rented on the connection's thread and
+    /// returned on the I/O thread that completes the call, so its per-thread caches stay empty.)
+    /// </summary>
+    private ValueTask AwaitAsync(ValueTask task, VolumeOp op, long bytes, long start) => PendingOperation.Start(task, _metrics[op], bytes, start);
+
+    /// <summary>A pooled IValueTaskSource that completes after the inner ValueTask, counting it as done or failed.</summary>
+    private sealed class PendingOperation : IValueTaskSource
     {
-        try
+        private static readonly ConcurrentQueue<PendingOperation> s_free = new();
+
+        private readonly Action _onInnerCompleted;
+        private ManualResetValueTaskSourceCore<bool> _core;
+        private ConfiguredValueTaskAwaitable.ConfiguredValueTaskAwaiter _inner;
+        private OpMetrics? _metrics;
+        private long _bytes;
+        private long _start;
+
+        private PendingOperation() => _onInnerCompleted = OnInnerCompleted;
+
+        public static ValueTask Start(ValueTask inner, OpMetrics metrics, long bytes, long start)
         {
-            await task.ConfigureAwait(false);
+            if (!s_free.TryDequeue(out PendingOperation? operation)) operation = new PendingOperation();
+            operation._metrics = metrics;
+            operation._bytes = bytes;
+            operation._start = start;
+            var outer = new ValueTask(operation, operation._core.Version);
+            operation._inner = inner.ConfigureAwait(false).GetAwaiter();
+            operation._inner.UnsafeOnCompleted(operation._onInnerCompleted);
+            return outer;
         }
-        catch
+
+        private void OnInnerCompleted()
         {
-            _metrics[op].Failed();
-            throw;
+            OpMetrics metrics = _metrics!;
+            try
+            {
+                _inner.GetResult();
+            }
+            catch (Exception e)
+            {
+                _inner = default;
+                metrics.Failed();
+                _core.SetException(e);
+                return;
+            }
+            _inner = default;
+            metrics.Completed(_bytes, _start);
+            _core.SetResult(true);
         }
-        _metrics[op].Completed(bytes, start);
+
+        void IValueTaskSource.GetResult(short token)
+        {
+            try
+            {
+                _core.GetResult(token);
+            }
+            finally
+            {
+                _core.Reset();
+                _metrics = null;
+                s_free.Enqueue(this);
+            }
+        }
+
+        ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _core.GetStatus(token);
+
+        void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+            => _core.OnCompleted(continuation, state, token, flags);
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
