@@ -322,7 +322,7 @@ internal interface IRingReadClient
 /// the destination), the runs of adjacent log blocks to read, and a buffer slot of SlotBlocks
 /// aligned blocks (block i of the plan lands at block i of the slot).
 /// </summary>
-internal sealed unsafe class RingRead : IValueTaskSource
+internal sealed unsafe class RingRead : IValueTaskSource, IThreadPoolWorkItem
 {
     /// <summary>Largest read that goes through the ring (it spans at most SlotBlocks chunks).</summary>
     public const int MaxBytes = 64 << 10;
@@ -331,7 +331,12 @@ internal sealed unsafe class RingRead : IValueTaskSource
     public const int SlotBlocks = MaxBytes / Pool.ChunkBytes + 1;
 
     private readonly ReadScheduler _owner;
+    // Continuations never run on the ring thread: a reader's next step can block (the segment
+    // reuse gate waits while a checkpoint hands segments back, for every read in flight, which
+    // only the ring thread can finish; locks; synchronous writes), and the ring would stall with
+    // it. Complete queues the read itself (no allocation) and the thread pool completes it.
     private ManualResetValueTaskSourceCore<bool> _core;
+    private Exception? _error;
 
     public RingRead(ReadScheduler owner, int slot, byte* buffer)
     {
@@ -373,6 +378,15 @@ internal sealed unsafe class RingRead : IValueTaskSource
     {
         Client = null;
         Destination = default;
+        _error = error;
+        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+    }
+
+    /// <summary>On a thread-pool thread: completes the read (its continuation runs here).</summary>
+    void IThreadPoolWorkItem.Execute()
+    {
+        Exception? error = _error;
+        _error = null;
         if (error != null) _core.SetException(error);
         else _core.SetResult(true);
     }

@@ -58,8 +58,10 @@ public sealed partial class Pool
     }
 
     private DestageSlot[] _slots = Array.Empty<DestageSlot>();
-    private readonly WrittenBatch[] _groupWritten = new WrittenBatch[MaxGroupBatches];
-    private readonly List<Task> _groupWrites = new(MaxGroupBatches);
+    /// <summary>Groups one destage turn may pipeline before it hands the commit mutex on.</summary>
+    private const int MaxGroupsPerTurn = 4;
+    private readonly WrittenBatch[] _groupWritten = new WrittenBatch[2 * MaxGroupBatches];
+    private readonly List<Task>[] _groupWrites = [new(MaxGroupBatches), new(MaxGroupBatches)];
 
     // Per-batch scratch, used only by the destager under the commit mutex while it builds a batch.
     private readonly Fingerprint[] _batchFp = new Fingerprint[MaxBatchBlocks];
@@ -77,7 +79,7 @@ public sealed partial class Pool
     private AlignedBuffer? _prefetchBufferStore;
     private AlignedBuffer _prefetchBuffer => _prefetchBufferStore ??= new AlignedBuffer(MaxBatchBlocks * ChunkBytes);
     /// <summary>New chunks of the group's earlier batches (not in the index until applied): fingerprint prefix -> (slot, new index).</summary>
-    private readonly Dictionary<ulong, (int Slot, int New)> _groupNew = new(MaxBatchBlocks * MaxGroupBatches);
+    private readonly Dictionary<ulong, (int Slot, int New)>[] _groupNew = [new(MaxBatchBlocks * MaxGroupBatches), new(MaxBatchBlocks * MaxGroupBatches)];
 
     /// <summary>
     /// Destage starts once this many pages are queued and goes on down to the low watermark.
@@ -217,75 +219,126 @@ public sealed partial class Pool
     }
 
     /// <summary>
-    /// Destages a group: up to MaxGroupBatches batches, each written as soon as it is built, then
-    /// one fdatasync for all, then each applied in log order and its pages landed. Caller holds
-    /// the commit mutex (so no other metadata change runs). The group stops early when the queue
-    /// runs dry, a page of an earlier batch of the group was written again, or the log needs a
-    /// checkpoint. Chunks new in an earlier batch of the group are not yet in the index, so a
-    /// later batch shares them through a group-local table, checked byte for byte against the
-    /// earlier batch's buffer like an index candidate.
+    /// Destages in groups: up to MaxGroupBatches batches, each written as soon as it is built,
+    /// then one fdatasync for the group, then each batch applied in log order and its pages
+    /// landed. Groups are pipelined over two sets of slots: while group g's writes and fdatasync
+    /// run on the thread pool, group g+1 is built and written, and g is applied once its flush
+    /// returned (g+1 only after g). A turn runs up to MaxGroupsPerTurn groups, and nothing is in
+    /// flight when it returns. Caller holds the commit mutex (so no other metadata change runs).
+    /// A group stops early when the queue runs dry, a page of an earlier batch still in flight
+    /// was written again, or the log needs a checkpoint. Chunks new in a batch not yet applied
+    /// are not in the index, so later batches share them through per-set tables, checked byte
+    /// for byte against the earlier batch's buffer like an index candidate.
     /// </summary>
     private void DestageGroupLocked(bool onlyAged)
     {
         ThrowIfFailed();
         if (_slots.Length == 0)
         {
-            _slots = new DestageSlot[MaxGroupBatches];
+            _slots = new DestageSlot[2 * MaxGroupBatches];
             _slots[0] = new DestageSlot(_logBuffer);
-            for (int i = 1; i < MaxGroupBatches; i++) _slots[i] = new DestageSlot(new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes));
+            for (int i = 1; i < _slots.Length; i++) _slots[i] = new DestageSlot(new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes));
         }
         long now = NowMs();
-        int written = 0;
-        _groupNew.Clear();
+        int set = 0, inFlightSet = -1, inFlightCount = 0;
+        Task? inFlightFlush = null;
         try
         {
-            while (written < MaxGroupBatches && BuildBatchLocked(written, onlyAged, now))
+            for (int turn = 0; turn < MaxGroupsPerTurn; turn++)
             {
-                DestageSlot slot = _slots[written];
-                try
+                int written = WriteGroup(set, onlyAged, now, nothingInFlight: inFlightFlush == null);
+                if (written == 0) break;
+                List<Task> writes = _groupWrites[set];
+                Task flush = Task.Run(() =>
                 {
-                    _groupWritten[written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.Packed, metadataOnly: false, _groupWrites, slot.DataCrc);
-                }
-                catch (NoSpaceException) when (written > 0)
-                {
-                    // The head is already past the batches written before it: they must be
-                    // flushed and applied (a later batch would link to them), so stop here.
-                    UnwindSlot(slot, now);
-                    break;
-                }
-                written++;
-                if (_journalBytesSinceCheckpoint + (long)written * MaxHeaderBlocks * ChunkBytes >= _options.CheckpointJournalBytes) break;
+                    WaitForWrites(writes, throwOnFailure: true);
+                    FlushLog();
+                });
+                (Task? previous, int previousSet, int previousCount) = (inFlightFlush, inFlightSet, inFlightCount);
+                (inFlightFlush, inFlightSet, inFlightCount) = (flush, set, written);
+                if (previous != null) CompleteGroup(previous, previousSet, previousCount);
+                set ^= 1;
+                if (written < MaxGroupBatches) break;
             }
-            if (written == 0) return;
-            WaitForGroupWrites(throwOnFailure: true);
-            FlushLog();
+            if (inFlightFlush != null)
+            {
+                Task last = inFlightFlush;
+                inFlightFlush = null;
+                CompleteGroup(last, inFlightSet, inFlightCount);
+            }
         }
-        catch
+        catch (Exception e)
         {
-            // A failed device write or flush has failed the pool; no batch of this group is applied.
-            WaitForGroupWrites(throwOnFailure: false);
-            for (int b = 0; b <= written && b < MaxGroupBatches; b++) UnwindSlot(_slots[b], now);
+            // Nothing may still write into the slots' buffers once they are reused.
+            if (inFlightFlush != null) { try { inFlightFlush.GetAwaiter().GetResult(); } catch (Exception) { } }
+            WaitForWrites(_groupWrites[0], throwOnFailure: false);
+            WaitForWrites(_groupWrites[1], throwOnFailure: false);
+            try
+            {
+                if (e is NoSpaceException && inFlightFlush != null && _failure == null)
+                {
+                    // The group in flight is on disk: the log goes on after it, so it must be applied.
+                    CompleteGroup(inFlightFlush, inFlightSet, inFlightCount);
+                }
+            }
+            finally
+            {
+                // A failed device write or flush has failed the pool: no batch not yet applied ever will be.
+                foreach (DestageSlot slot in _slots) UnwindSlot(slot, now);
+            }
             throw;
-        }
-
-        for (int b = 0; b < written; b++)
-        {
-            ApplyWritten(_groupWritten[b]);
-            LandBatch(_slots[b]);
         }
         CheckpointIfDue();
     }
 
-    /// <summary>Waits for all the group's device writes (their buffers are reused afterwards); rethrows the first failure.</summary>
-    private void WaitForGroupWrites(bool throwOnFailure)
+    /// <summary>Builds and writes (without a flush) one group into slot set <paramref name="set"/>; the number of batches written.</summary>
+    private int WriteGroup(int set, bool onlyAged, long now, bool nothingInFlight)
+    {
+        _groupNew[set].Clear();
+        int first = set * MaxGroupBatches, written = 0;
+        while (written < MaxGroupBatches && BuildBatchLocked(first + written, onlyAged, now, nothingInFlight && written == 0))
+        {
+            DestageSlot slot = _slots[first + written];
+            try
+            {
+                _groupWritten[first + written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.Packed, metadataOnly: false, _groupWrites[set], slot.DataCrc);
+            }
+            catch (NoSpaceException)
+            {
+                UnwindSlot(slot, now);
+                // The head is already past the batches written before it: they must be flushed
+                // and applied (a later batch would link to them), so the group stops here.
+                if (written > 0) break;
+                throw;
+            }
+            written++;
+            if (_journalBytesSinceCheckpoint + (long)(written + MaxGroupBatches) * MaxHeaderBlocks * ChunkBytes >= _options.CheckpointJournalBytes) break;
+        }
+        return written;
+    }
+
+    /// <summary>Waits for a group's flush (rethrowing its failure), then applies its batches in order and lands their pages.</summary>
+    private void CompleteGroup(Task flush, int set, int count)
+    {
+        flush.GetAwaiter().GetResult();
+        int first = set * MaxGroupBatches;
+        for (int b = first; b < first + count; b++)
+        {
+            ApplyWritten(_groupWritten[b]);
+            LandBatch(_slots[b]);
+        }
+    }
+
+    /// <summary>Waits for all of a group's device writes (their buffers are reused afterwards); rethrows the first failure.</summary>
+    private static void WaitForWrites(List<Task> writes, bool throwOnFailure)
     {
         Exception? first = null;
-        foreach (Task write in _groupWrites)
+        foreach (Task write in writes)
         {
             try { write.GetAwaiter().GetResult(); }
             catch (Exception e) { first ??= e; }
         }
-        _groupWrites.Clear();
+        writes.Clear();
         if (first != null && throwOnFailure) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
     }
 
@@ -330,10 +383,9 @@ public sealed partial class Pool
     /// Builds one batch in <paramref name="slot"/> from the oldest queued pages: fingerprints,
     /// verified dedup, new chunk ids, records. False when there was nothing to take.
     /// </summary>
-    private bool BuildBatchLocked(int slotIndex, bool onlyAged, long now)
+    private bool BuildBatchLocked(int slotIndex, bool onlyAged, long now, bool nothingInFlight)
     {
         DestageSlot slot = _slots[slotIndex];
-        bool firstInGroup = slotIndex == 0;
         int count = 0;
         long lastTicket = 0;
         Span<byte> dataArea = slot.DataArea;
@@ -372,7 +424,7 @@ public sealed partial class Pool
             if (count == 0)
             {
                 // Nothing queued and nothing in flight: every ticket handed out is durable.
-                if (_cache.QueuedPages == 0 && firstInGroup) AdvanceCommittedLocked(_cache.LastTicket);
+                if (_cache.QueuedPages == 0 && nothingInFlight) AdvanceCommittedLocked(_cache.LastTicket);
                 return false;
             }
         }
@@ -423,10 +475,9 @@ public sealed partial class Pool
                     _batchValue[i] = _candidateIds[i * MaxCandidates + k];
             }
             if (_batchValue[i] != ChunkTable.HoleId) continue;
-            if (_groupNew.TryGetValue(_batchFp[i].Low, out (int Slot, int New) earlier)
-                && data.SequenceEqual(_slots[earlier.Slot].DataArea.Slice(earlier.New * ChunkBytes, ChunkBytes)))
+            if (TryShareInFlight(_batchFp[i].Low, data, out uint inFlightId))
             {
-                _batchValue[i] = _slots[earlier.Slot].NewIds[earlier.New];
+                _batchValue[i] = inFlightId;
                 continue;
             }
             int same = _batchLocal.TryGetValue(_batchFp[i].Low, out int first) ? FindEqualInBatch(first, i, dataArea) : -1;
@@ -462,7 +513,7 @@ public sealed partial class Pool
                 uint chunkCrc = Crc32C.Compute(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
                 dataCrc = packed == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, ChunkBytes);
                 writer.NewChunk(newIds[n], packed, chunkCrc, _batchFp[i]);
-                _groupNew.TryAdd(_batchFp[i].Low, (slotIndex, packed));
+                _groupNew[slotIndex / MaxGroupBatches].TryAdd(_batchFp[i].Low, (slotIndex, packed));
                 packed++;
             }
         }
@@ -535,6 +586,22 @@ public sealed partial class Pool
             used += blocks;
             start = end;
         }
+    }
+
+    /// <summary>A new chunk of a batch written but not applied yet (this group or the one in flight) with these bytes.</summary>
+    private bool TryShareInFlight(ulong prefix, ReadOnlySpan<byte> data, out uint id)
+    {
+        foreach (Dictionary<ulong, (int Slot, int New)> table in _groupNew)
+        {
+            if (table.TryGetValue(prefix, out (int Slot, int New) earlier)
+                && data.SequenceEqual(_slots[earlier.Slot].DataArea.Slice(earlier.New * ChunkBytes, ChunkBytes)))
+            {
+                id = _slots[earlier.Slot].NewIds[earlier.New];
+                return true;
+            }
+        }
+        id = 0;
+        return false;
     }
 
     /// <summary>Page i's prefetched first candidate passes its CRC and holds the same bytes.</summary>

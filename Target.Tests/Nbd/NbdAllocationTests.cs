@@ -32,8 +32,13 @@ public sealed class NbdAllocationTests(ITestOutputHelper output)
     private const int WarmupBatches = 400;
     private const int MeasuredBatches = 3000;
 
-    /// <summary>Allocated bytes allowed per request, all threads, background timers included.</summary>
-    private const double BytesPerRequestMax = 0.5;
+    /// <summary>
+    /// Allocated bytes allowed per request, all threads, after subtracting what the process
+    /// allocates in as long idle. What is left is background work that grows with load (timer
+    /// waits of the destager and cleaner, tier-1 JIT), measured at 0.0-0.6 B; one object per
+    /// request (24 B or more) is far above this, and one per 32-request batch (0.75 B) above too.
+    /// </summary>
+    private const double BytesPerRequestMax = 0.7;
 
     public enum Kind { DeviceRead, CachedRead, Write }
 

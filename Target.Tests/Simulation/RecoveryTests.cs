@@ -230,8 +230,9 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         await v.FlushAsync(None);
         Array.Fill(durable, 1);
 
-        // Host batches are one write and one flush; only a cleaner batch whose data went to the
-        // cleaner's segment has two writes before its flush: that is where the power fails.
+        // Host batches go to the log head in runs of adjacent writes before each flush; only a
+        // cleaner batch whose data went to the cleaner's own segment writes two places before
+        // its flush: that is where the power fails.
         device!.ArmLoseEarlierWrites();
         int version = 1, ops = 0;
         try
