@@ -195,18 +195,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             await using (Pool again = Pool.Open(plain))
             {
                 Assert.True(again.TryGetVolume("v", out Volume w));
-                byte[] got = new byte[Chunk];
-                for (int b = 0; b < blocks; b++)
-                {
-                    await w.ReadAsync((long)b * Chunk, got, None);
-                    int seen = -1;
-                    if (got.AsSpan().SequenceEqual(durable[b] == 0 ? new byte[Chunk] : Pattern(b, durable[b]))) seen = durable[b];
-                    else foreach (int candidate in since[b])
-                        if (got.AsSpan().SequenceEqual(candidate == 0 ? new byte[Chunk] : Pattern(b, candidate))) { seen = candidate; break; }
-                    Assert.True(seen >= 0, $"seed {seed} iteration {iteration}: block {b} holds neither its durable version {durable[b]} nor one written since ({string.Join(",", since[b])})");
-                    durable[b] = seen;
-                    since[b].Clear();
-                }
+                await AssertDurableOrWrittenSinceAsync(w, durable, since, $"seed {seed} iteration {iteration}");
             }
             await AssertCleanAsync(dir.Path, output);
         }
@@ -260,15 +249,28 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         await using (Pool again = Pool.Open(plain))
         {
             Assert.True(again.TryGetVolume("v", out Volume w));
-            byte[] got = new byte[Chunk];
-            for (int b = 0; b < blocks; b++)
-            {
-                await w.ReadAsync((long)b * Chunk, got, None);
-                bool ok = got.AsSpan().SequenceEqual(Pattern(b, durable[b]));
-                foreach (int candidate in since[b]) ok = ok || got.AsSpan().SequenceEqual(Pattern(b, candidate));
-                Assert.True(ok, $"seed {seed}: block {b} holds neither its durable version {durable[b]} nor one written since ({string.Join(",", since[b])})");
-            }
+            await AssertDurableOrWrittenSinceAsync(w, durable, since, $"seed {seed}");
         }
         await AssertCleanAsync(dir.Path, output);
+    }
+
+    /// <summary>
+    /// Every block reads as its durable version (0: zeros) or one written since; afterwards that
+    /// version is the block's durable one and nothing is pending.
+    /// </summary>
+    private static async Task AssertDurableOrWrittenSinceAsync(Volume volume, int[] durable, HashSet<int>[] since, string context)
+    {
+        byte[] got = new byte[Chunk];
+        for (int b = 0; b < durable.Length; b++)
+        {
+            await volume.ReadAsync((long)b * Chunk, got, None);
+            int seen = -1;
+            if (got.AsSpan().SequenceEqual(durable[b] == 0 ? new byte[Chunk] : Pattern(b, durable[b]))) seen = durable[b];
+            else foreach (int candidate in since[b])
+                if (got.AsSpan().SequenceEqual(candidate == 0 ? new byte[Chunk] : Pattern(b, candidate))) { seen = candidate; break; }
+            Assert.True(seen >= 0, $"{context}: block {b} holds neither its durable version {durable[b]} nor one written since ({string.Join(",", since[b])})");
+            durable[b] = seen;
+            since[b].Clear();
+        }
     }
 }
