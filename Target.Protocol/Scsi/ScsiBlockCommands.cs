@@ -272,19 +272,7 @@ public sealed partial class ScsiLogicalUnit
 
     private async ValueTask SynchronizeCacheAsync(ScsiTask task, CancellationToken ct)
     {
-        ReadOnlySpan<byte> cdb = task.Cdb;
-        ulong lba;
-        uint blocks;
-        if (cdb[0] == ScsiOpcode.SynchronizeCache10)
-        {
-            lba = BinaryPrimitives.ReadUInt32BigEndian(cdb.Slice(2));
-            blocks = BinaryPrimitives.ReadUInt16BigEndian(cdb.Slice(7));
-        }
-        else
-        {
-            lba = BinaryPrimitives.ReadUInt64BigEndian(cdb.Slice(2));
-            blocks = BinaryPrimitives.ReadUInt32BigEndian(cdb.Slice(10));
-        }
+        ScsiCdb.TryDecodeLbaLength(task.Cdb, out ulong lba, out uint blocks);
         if (!ScsiCdb.InRange(lba, blocks, BlockCount))
         {
             LbaOutOfRange(task);
@@ -295,19 +283,7 @@ public sealed partial class ScsiLogicalUnit
 
     private void PreFetch(ScsiTask task)
     {
-        ReadOnlySpan<byte> cdb = task.Cdb;
-        ulong lba;
-        uint blocks;
-        if (cdb[0] == ScsiOpcode.PreFetch10)
-        {
-            lba = BinaryPrimitives.ReadUInt32BigEndian(cdb.Slice(2));
-            blocks = BinaryPrimitives.ReadUInt16BigEndian(cdb.Slice(7));
-        }
-        else
-        {
-            lba = BinaryPrimitives.ReadUInt64BigEndian(cdb.Slice(2));
-            blocks = BinaryPrimitives.ReadUInt32BigEndian(cdb.Slice(10));
-        }
+        ScsiCdb.TryDecodeLbaLength(task.Cdb, out ulong lba, out uint blocks);
         if (!ScsiCdb.InRange(lba, blocks, BlockCount))
         {
             LbaOutOfRange(task);
@@ -331,18 +307,7 @@ public sealed partial class ScsiLogicalUnit
         bool anchor = (cdb[1] & 0x10) != 0;
         bool unmap = (cdb[1] & 0x08) != 0;
         bool noDataOut = sixteen && (cdb[1] & 0x01) != 0;
-        ulong lba;
-        uint blocks;
-        if (sixteen)
-        {
-            lba = BinaryPrimitives.ReadUInt64BigEndian(cdb.Slice(2));
-            blocks = BinaryPrimitives.ReadUInt32BigEndian(cdb.Slice(10));
-        }
-        else
-        {
-            lba = BinaryPrimitives.ReadUInt32BigEndian(cdb.Slice(2));
-            blocks = BinaryPrimitives.ReadUInt16BigEndian(cdb.Slice(7));
-        }
+        ScsiCdb.TryDecodeLbaLength(cdb, out ulong lba, out uint blocks);
         if (anchor && !unmap)
         {
             IllegalRequest(task, Asc.InvalidFieldInCdb, 1, 4);

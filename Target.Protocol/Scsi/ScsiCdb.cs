@@ -18,7 +18,7 @@ public static class ScsiCdb
 
     /// <summary>
     /// Decodes the LBA and transfer length (in blocks) of a 6/10/12/16-byte READ, WRITE, VERIFY,
-    /// WRITE AND VERIFY, PRE-FETCH, SYNCHRONIZE CACHE or ORWRITE CDB. READ(6)/WRITE(6) with a
+    /// WRITE AND VERIFY, PRE-FETCH, SYNCHRONIZE CACHE, WRITE SAME or ORWRITE CDB. READ(6)/WRITE(6) with a
     /// length of 0 mean 256 blocks.
     /// </summary>
     public static bool TryDecodeLbaLength(ReadOnlySpan<byte> cdb, out ulong lba, out uint blocks)
