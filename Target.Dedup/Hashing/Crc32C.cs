@@ -68,11 +68,17 @@ public static class Crc32C
     private static readonly uint[] s_powers = BuildPowers();
 
     /// <summary>The CRC-32C of a + b from the CRC-32C of a, of b, and b's length.</summary>
-    public static uint Combine(uint crcA, uint crcB, long lengthB)
+    public static uint Combine(uint crcA, uint crcB, long lengthB) => Combine(crcA, crcB, ShiftFor(lengthB));
+
+    /// <summary>The operator Combine applies for b's length: compute it once when every b has the same length.</summary>
+    public static CrcShift ShiftFor(long lengthB)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(lengthB);
-        return MultiplyModP(PowerOfX(lengthB, 3), crcA) ^ crcB;
+        return new CrcShift(PowerOfX(lengthB, 3));
     }
+
+    /// <summary>The CRC-32C of a + b, b of the length <paramref name="shift"/> was made for.</summary>
+    public static uint Combine(uint crcA, uint crcB, CrcShift shift) => MultiplyModP(shift.Power, crcA) ^ crcB;
 
     /// <summary>a * b modulo the polynomial, bit-reflected.</summary>
     private static uint MultiplyModP(uint a, uint b)
@@ -128,3 +134,6 @@ public static class Crc32C
         return table;
     }
 }
+
+/// <summary>x^(8 * length) modulo the CRC-32C polynomial: what combining a CRC with one over that many bytes needs.</summary>
+public readonly record struct CrcShift(uint Power);

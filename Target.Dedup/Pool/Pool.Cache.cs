@@ -34,6 +34,9 @@ public sealed partial class Pool
     /// </summary>
     private const int MaxGroupBatches = 8;
 
+    /// <summary>Combines a batch's data CRC with the next chunk's (computed once, not per chunk).</summary>
+    private static readonly CrcShift s_chunkCrcShift = Crc32C.ShiftFor(ChunkBytes);
+
     /// <summary>One destage batch of a group: its log buffer and what landing its pages needs.</summary>
     private sealed class DestageSlot : IDisposable
     {
@@ -511,7 +514,7 @@ public sealed partial class Pool
                 ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
                 if (i != packed) data.CopyTo(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
                 uint chunkCrc = Crc32C.Compute(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
-                dataCrc = packed == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, ChunkBytes);
+                dataCrc = packed == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, s_chunkCrcShift);
                 writer.NewChunk(newIds[n], packed, chunkCrc, _batchFp[i]);
                 _groupNew[slotIndex / MaxGroupBatches].TryAdd(_batchFp[i].Low, (slotIndex, packed));
                 packed++;

@@ -258,15 +258,7 @@ public sealed partial class Pool
                 // Both reach the disk with the batch's fdatasync; replay checks the data's CRC.
                 ReadOnlySpan<byte> movedData = dataArea[..(moved * ChunkBytes)];
                 writer.MovedData(coldLocation, moved, Crc32C.Compute(movedData));
-                try
-                {
-                    _device.Write(Superblock.BlockOffset(coldLocation), movedData);
-                }
-                catch (IOException e)
-                {
-                    Fail(new MediaErrorException($"cleaner write failed: {e.Message}", e));
-                    throw _failure!;
-                }
+                WriteLogBytes(Superblock.BlockOffset(coldLocation), _logBuffer, MaxHeaderBlocks * ChunkBytes, moved * ChunkBytes);
                 WriteBatch(writer.Length, 0, metadataOnly: true);
                 lock (_sync)
                 {

@@ -99,5 +99,10 @@ public sealed class Crc32CTests
         uint chained = Crc32C.Compute(batch.AsSpan(0, 4096));
         for (int i = 1; i < 16; i++) chained = Crc32C.Combine(chained, Crc32C.Compute(batch.AsSpan(i * 4096, 4096)), 4096);
         Assert.Equal(Crc32C.Compute(batch), chained);
+        // The same with the operator for 4096 bytes computed once.
+        CrcShift shift = Crc32C.ShiftFor(4096);
+        uint shifted = Crc32C.Compute(batch.AsSpan(0, 4096));
+        for (int i = 1; i < 16; i++) shifted = Crc32C.Combine(shifted, Crc32C.Compute(batch.AsSpan(i * 4096, 4096)), shift);
+        Assert.Equal(Crc32C.Compute(batch), shifted);
     }
 }
