@@ -4,6 +4,7 @@
 // ticket T is durable" is a single number (the committed ticket).
 // Invariants: a page is in _byKey iff its state is not Free; a Dirty or InFlightDirty page
 // has exactly one live entry in the queue (matching its ticket).
+using System.Runtime.InteropServices;
 using Target.Dedup.Device;
 
 namespace Target.Dedup.Engine;
@@ -23,7 +24,7 @@ internal sealed unsafe class WriteCache : IDisposable
 {
     public const int PageBytes = 4096;
 
-    private readonly AlignedBuffer _slab;
+    private byte* _slab;
     private readonly long[] _key;
     private readonly PageState[] _state;
     private readonly long[] _ticket;
@@ -36,7 +37,9 @@ internal sealed unsafe class WriteCache : IDisposable
     public WriteCache(int pages)
     {
         Pages = pages;
-        _slab = new AlignedBuffer(checked(pages * PageBytes));
+        // Native and long-addressed: a cache of 2 GiB or more does not fit an int offset.
+        _slab = (byte*)NativeMemory.AlignedAlloc((nuint)pages * PageBytes, DeviceConstants.SectorBytes);
+        NativeMemory.Clear(_slab, (nuint)pages * PageBytes);
         _key = new long[pages];
         _state = new PageState[pages];
         _ticket = new long[pages];
@@ -63,7 +66,11 @@ internal sealed unsafe class WriteCache : IDisposable
 
     public static long BlockOf(long key) => key & ((1L << 40) - 1);
 
-    public Span<byte> Data(int page) => _slab.Slice(page * PageBytes, PageBytes);
+    public Span<byte> Data(int page)
+    {
+        ObjectDisposedException.ThrowIf(_slab == null, this);
+        return new Span<byte>(_slab + (long)page * PageBytes, PageBytes);
+    }
 
     public PageState State(int page) => _state[page];
 
@@ -183,5 +190,12 @@ internal sealed unsafe class WriteCache : IDisposable
         }
     }
 
-    public void Dispose() => _slab.Dispose();
+    public void Dispose()
+    {
+        if (_slab != null)
+        {
+            NativeMemory.AlignedFree(_slab);
+            _slab = null;
+        }
+    }
 }
