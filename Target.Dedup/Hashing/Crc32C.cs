@@ -4,6 +4,10 @@
 // Combine(Compute(a), Compute(b), b.Length) == Compute(a + b) without touching the bytes (the
 // zlib method: multiply by x^(8 * length) modulo the polynomial); nothing is allocated after
 // the tables are built once.
+// Speed: with the CRC instruction, inputs of 768 bytes and more run three streams at once
+// (rounds of 3 x 1344 bytes, then 3 x 256), joined by multiplying the earlier streams' registers
+// by x^(8 * stream length) through 4 x 256-entry tables: the instruction's 3-cycle latency no
+// longer bounds the speed. A 4 KiB chunk is one long round and a 64-byte tail.
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
@@ -17,6 +21,9 @@ public static class Crc32C
 
     private static readonly uint[] s_table = BuildTable();
 
+    /// <summary>x^(2^n) modulo the polynomial, for n = 0..31 (reflected; x^0 is the top bit).</summary>
+    private static readonly uint[] s_powers = BuildPowers();
+
     internal static bool IsHardwareAccelerated => Sse42.X64.IsSupported || ArmCrc32.Arm64.IsSupported;
 
     public static uint Compute(ReadOnlySpan<byte> data) => Append(0, data);
@@ -25,17 +32,35 @@ public static class Crc32C
     public static uint Append(uint crc, ReadOnlySpan<byte> data) =>
         IsHardwareAccelerated ? AppendHardware(crc, data) : AppendSoftware(crc, data);
 
+    private const int LongStreamBytes = 1344;
+    private const int ShortStreamBytes = 256;
+    private static readonly uint[] s_shiftLong = BuildShiftTable(LongStreamBytes);
+    private static readonly uint[] s_shiftShort = BuildShiftTable(ShortStreamBytes);
+
     internal static uint AppendHardware(uint crc, ReadOnlySpan<byte> data)
     {
         uint state = ~crc;
         ref byte p = ref MemoryMarshal.GetReference(data);
         nuint length = (nuint)data.Length;
-        nuint words = length / 8;
         nuint i = 0;
         if (Sse42.X64.IsSupported)
         {
             ulong wide = state;
-            for (; i < words * 8; i += 8)
+            if (length >= 3 * ShortStreamBytes)
+            {
+                while (length - i >= 3 * LongStreamBytes)
+                {
+                    wide = ThreeStreams(wide, ref Unsafe.Add(ref p, i), LongStreamBytes, s_shiftLong);
+                    i += 3 * LongStreamBytes;
+                }
+                while (length - i >= 3 * ShortStreamBytes)
+                {
+                    wide = ThreeStreams(wide, ref Unsafe.Add(ref p, i), ShortStreamBytes, s_shiftShort);
+                    i += 3 * ShortStreamBytes;
+                }
+            }
+            nuint words = (length - i) / 8;
+            for (nuint end = i + words * 8; i < end; i += 8)
                 wide = Sse42.X64.Crc32(wide, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p, i)));
             state = (uint)wide;
             for (; i < length; i++)
@@ -43,6 +68,7 @@ public static class Crc32C
         }
         else if (ArmCrc32.Arm64.IsSupported)
         {
+            nuint words = length / 8;
             for (; i < words * 8; i += 8)
                 state = ArmCrc32.Arm64.ComputeCrc32C(state, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p, i)));
             for (; i < length; i++)
@@ -55,6 +81,45 @@ public static class Crc32C
         return ~state;
     }
 
+    /// <summary>
+    /// The raw register after 3 x <paramref name="streamBytes"/> bytes from <paramref name="p"/>: the
+    /// three thirds run as independent streams (the later two from 0), then, CRC being linear,
+    /// R(r, A + B) = R(0, B) xor r * x^(8 * |B|) joins them.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong ThreeStreams(ulong c0, ref byte p, int streamBytes, uint[] shift)
+    {
+        ulong c1 = 0, c2 = 0;
+        nuint n = (nuint)streamBytes;
+        for (nuint j = 0; j < n; j += 8)
+        {
+            c0 = Sse42.X64.Crc32(c0, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p, j)));
+            c1 = Sse42.X64.Crc32(c1, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p, n + j)));
+            c2 = Sse42.X64.Crc32(c2, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref p, 2 * n + j)));
+        }
+        c0 = Shift(shift, (uint)c0) ^ c1;
+        return Shift(shift, (uint)c0) ^ c2;
+    }
+
+    /// <summary>r * x^(8 * n) modulo the polynomial through n's table: one lookup per byte of r (multiplication by a constant is linear).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint Shift(uint[] table, uint r)
+    {
+        ref uint t = ref MemoryMarshal.GetArrayDataReference(table);
+        return Unsafe.Add(ref t, (int)(r & 0xFF)) ^ Unsafe.Add(ref t, 256 + (int)((r >> 8) & 0xFF))
+            ^ Unsafe.Add(ref t, 512 + (int)((r >> 16) & 0xFF)) ^ Unsafe.Add(ref t, 768 + (int)(r >> 24));
+    }
+
+    private static uint[] BuildShiftTable(long bytes)
+    {
+        uint power = PowerOfX(bytes, 3);
+        var table = new uint[4 * 256];
+        for (int k = 0; k < 4; k++)
+            for (uint v = 0; v < 256; v++)
+                table[k * 256 + (int)v] = MultiplyModP(power, v << (8 * k));
+        return table;
+    }
+
     internal static uint AppendSoftware(uint crc, ReadOnlySpan<byte> data)
     {
         uint state = ~crc;
@@ -64,21 +129,22 @@ public static class Crc32C
         return ~state;
     }
 
-    /// <summary>x^(2^n) modulo the polynomial, for n = 0..31 (reflected; x^0 is the top bit).</summary>
-    private static readonly uint[] s_powers = BuildPowers();
-
     /// <summary>The CRC-32C of a + b from the CRC-32C of a, of b, and b's length.</summary>
-    public static uint Combine(uint crcA, uint crcB, long lengthB) => Combine(crcA, crcB, ShiftFor(lengthB));
+    public static uint Combine(uint crcA, uint crcB, long lengthB)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(lengthB);
+        return MultiplyModP(PowerOfX(lengthB, 3), crcA) ^ crcB;
+    }
 
-    /// <summary>The operator Combine applies for b's length: compute it once when every b has the same length.</summary>
+    /// <summary>The operator Combine applies for b's length, as a table: build it once when every b has the same length.</summary>
     public static CrcShift ShiftFor(long lengthB)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(lengthB);
-        return new CrcShift(PowerOfX(lengthB, 3));
+        return new CrcShift(BuildShiftTable(lengthB));
     }
 
-    /// <summary>The CRC-32C of a + b, b of the length <paramref name="shift"/> was made for.</summary>
-    public static uint Combine(uint crcA, uint crcB, CrcShift shift) => MultiplyModP(shift.Power, crcA) ^ crcB;
+    /// <summary>The CRC-32C of a + b, b of the length <paramref name="shift"/> was made for (four table lookups).</summary>
+    public static uint Combine(uint crcA, uint crcB, CrcShift shift) => Shift(shift.Table, crcA) ^ crcB;
 
     /// <summary>a * b modulo the polynomial, bit-reflected.</summary>
     private static uint MultiplyModP(uint a, uint b)
@@ -135,5 +201,10 @@ public static class Crc32C
     }
 }
 
-/// <summary>x^(8 * length) modulo the CRC-32C polynomial: what combining a CRC with one over that many bytes needs.</summary>
-public readonly record struct CrcShift(uint Power);
+/// <summary>Multiplication by x^(8 * length) modulo the CRC-32C polynomial, as 4 x 256 entries: what combining a CRC with one over that many bytes needs.</summary>
+public sealed class CrcShift
+{
+    internal CrcShift(uint[] table) => Table = table;
+
+    internal uint[] Table { get; }
+}

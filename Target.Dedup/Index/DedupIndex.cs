@@ -1,10 +1,13 @@
 // The dedup index: fingerprint -> candidate chunk ids. An open-addressing table with linear
-// probing over one native array of 8-byte slots (32-bit fingerprint tag, 32-bit chunk id).
-// The home bucket comes from FpHigh (kept in the chunk table, so deletion needs no
-// fingerprint); capacity is not a power of two (multiply-shift range reduction) and grows by
-// 1.5x at 85% load, so a full table costs 9.4 to 14 bytes per chunk.
+// probing over one native array of 8-byte slots: a 24-bit fingerprint tag and an 8-bit probe
+// distance in the high word, the 32-bit chunk id in the low word. The home bucket comes from
+// FpHigh (kept in the chunk table, so deletion needs no fingerprint); capacity is not a power
+// of two (multiply-shift range reduction) and grows by 1.5x at 85% load, so a full table costs
+// 9.4 to 14 bytes per chunk.
 // Invariants: no tombstones (backward-shift deletion); every live chunk is in the table exactly
-// once; a hit is only a candidate — the caller verifies the bytes before sharing.
+// once; a hit is only a candidate — the caller verifies the bytes before sharing. The stored
+// distance is the slot's offset from its home bucket (255 means "255 or more": the home is then
+// looked up in the chunk table), so a deletion shifts a cluster without touching the chunk table.
 using System.Runtime.InteropServices;
 
 namespace Target.Dedup.Index;
@@ -34,9 +37,13 @@ public sealed unsafe class DedupIndex : IDisposable
 
     public static uint HighOf(ulong fp64) => (uint)(fp64 >> 32);
 
-    public static uint TagOf(ulong fp64) => (uint)fp64;
+    /// <summary>The 24 fingerprint bits a slot keeps (bits 8..31 of the 64-bit prefix; the low 8 hold the probe distance).</summary>
+    public static uint TagOf(ulong fp64) => (uint)fp64 & TagMask;
 
-    /// <summary>Writes up to dest.Length candidate ids whose 64-bit fingerprint prefix equals fp64; returns how many.</summary>
+    private const uint TagMask = 0xFFFF_FF00;
+    private const uint DistanceSaturated = 0xFF;
+
+    /// <summary>Writes up to dest.Length candidate ids whose FpHigh and tag equal fp64's; returns how many.</summary>
     public int FindCandidates(ulong fp64, Span<uint> dest)
     {
         uint high = HighOf(fp64), tag = TagOf(fp64);
@@ -47,7 +54,7 @@ public sealed unsafe class DedupIndex : IDisposable
             ulong slot = _slots[i];
             if (slot == 0) return found;
             uint id = (uint)slot;
-            if ((uint)(slot >> 32) == tag && _chunks[id].FpHigh == high)
+            if (((uint)(slot >> 32) & TagMask) == tag && _chunks[id].FpHigh == high)
             {
                 if (found == dest.Length) return found;
                 dest[found++] = id;
@@ -56,16 +63,16 @@ public sealed unsafe class DedupIndex : IDisposable
         }
     }
 
-    /// <summary>True when this exact (id, 64-bit prefix) entry is indexed, however many other chunks share the prefix (checker).</summary>
+    /// <summary>True when id is indexed under fp64's home and tag, however many other chunks share them (checker).</summary>
     public bool Contains(uint id, ulong fp64)
     {
-        ulong wanted = ((ulong)TagOf(fp64) << 32) | id;
+        uint tag = TagOf(fp64);
         long i = Home(HighOf(fp64), _capacity);
         while (true)
         {
             ulong slot = _slots[i];
             if (slot == 0) return false;
-            if (slot == wanted) return true;
+            if ((uint)slot == id && ((uint)(slot >> 32) & TagMask) == tag) return true;
             if (++i == _capacity) i = 0;
         }
     }
@@ -74,7 +81,7 @@ public sealed unsafe class DedupIndex : IDisposable
     public void Insert(uint id, ulong fp64)
     {
         if (_count + 1 > (long)(_capacity * MaxLoad)) Grow();
-        InsertSlot(((ulong)TagOf(fp64) << 32) | id, HighOf(fp64));
+        InsertSlot(TagOf(fp64), id, HighOf(fp64));
         _count++;
     }
 
@@ -97,11 +104,11 @@ public sealed unsafe class DedupIndex : IDisposable
             if (++j == _capacity) j = 0;
             ulong slot = _slots[j];
             if (slot == 0) break;
-            long home = Home(_chunks[(uint)slot].FpHigh, _capacity);
+            long home = HomeOfSlot(slot, j);
             bool movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
             if (movable)
             {
-                _slots[hole] = slot;
+                _slots[hole] = WithDistance(slot, Distance(home, hole));
                 hole = j;
             }
         }
@@ -116,7 +123,7 @@ public sealed unsafe class DedupIndex : IDisposable
         for (long i = 0; i < _capacity; i++)
         {
             ulong slot = _slots[i];
-            if (slot != 0) visit((uint)slot, (uint)(slot >> 32));
+            if (slot != 0) visit((uint)slot, (uint)(slot >> 32) & TagMask);
         }
     }
 
@@ -135,14 +142,30 @@ public sealed unsafe class DedupIndex : IDisposable
 
     private static long Home(uint high, long capacity) => (long)(((ulong)high * (ulong)capacity) >> 32);
 
-    private void InsertSlot(ulong slotValue, uint high)
+    private void InsertSlot(uint tag, uint id, uint high)
     {
-        long i = Home(high, _capacity);
+        long home = Home(high, _capacity);
+        long i = home;
         while (_slots[i] != 0)
         {
             if (++i == _capacity) i = 0;
         }
-        _slots[i] = slotValue;
+        _slots[i] = WithDistance(((ulong)tag << 32) | id, Distance(home, i));
+    }
+
+    /// <summary>How far slot <paramref name="at"/> is past <paramref name="home"/> (wrapping).</summary>
+    private long Distance(long home, long at) => at >= home ? at - home : at + _capacity - home;
+
+    private static ulong WithDistance(ulong slot, long distance)
+        => (slot & ~((ulong)DistanceSaturated << 32)) | ((ulong)Math.Min(distance, DistanceSaturated) << 32);
+
+    /// <summary>The home bucket of the entry in slot <paramref name="at"/>: from its stored distance, or the chunk table when that saturated.</summary>
+    private long HomeOfSlot(ulong slot, long at)
+    {
+        long distance = (long)((slot >> 32) & DistanceSaturated);
+        if (distance == DistanceSaturated) return Home(_chunks[(uint)slot].FpHigh, _capacity);
+        long home = at - distance;
+        return home >= 0 ? home : home + _capacity;
     }
 
     private void Grow() => Rehash(_capacity + _capacity / 2);
@@ -157,7 +180,7 @@ public sealed unsafe class DedupIndex : IDisposable
         for (long i = 0; i < oldCapacity; i++)
         {
             ulong slot = old[i];
-            if (slot != 0) InsertSlot(slot, _chunks[(uint)slot].FpHigh);
+            if (slot != 0) InsertSlot((uint)(slot >> 32) & TagMask, (uint)slot, _chunks[(uint)slot].FpHigh);
         }
         NativeMemory.Free(old);
     }

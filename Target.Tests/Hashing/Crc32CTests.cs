@@ -1,5 +1,6 @@
 // CRC-32C against published vectors (the check value, RFC 3720 B.4), Append's chaining
-// rule, the instruction path against the table path for every length 0..300, and Combine
+// rule, the instruction path against the table path for every length 0..300 and around the
+// three-stream path's round sizes (768 bytes up to 1 MiB), and Combine
 // (CRC of a + b from the two CRCs) against computing it over the bytes.
 using System.Runtime.InteropServices;
 using System.Text;
@@ -73,6 +74,36 @@ public sealed class Crc32CTests
             Assert.True(expected == Crc32C.Append(start, input), $"seed {AgreementSeed:x}: Append differs from the table at length {length}");
             if (Crc32C.IsHardwareAccelerated)
                 Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {AgreementSeed:x}: instruction path differs from the table at length {length}");
+        }
+    }
+
+    [Theory]
+    [InlineData(767)]
+    [InlineData(768)]
+    [InlineData(775)]
+    [InlineData(1536)]
+    [InlineData(4031)]
+    [InlineData(4032)]
+    [InlineData(4096)]
+    [InlineData(4099)]
+    [InlineData(8064 + 768 + 13)]
+    [InlineData(65536)]
+    [InlineData(1 << 20)]
+    public void ThreeStreamPathAgreesWithTheTableAroundItsRoundSizes(int length)
+    {
+        // 768 bytes and more run three interleaved streams (rounds of 3 x 1344 and 3 x 256 bytes).
+        var random = new Random(AgreementSeed + length);
+        byte[] buffer = new byte[length + 8];
+        for (int trial = 0; trial < 4; trial++)
+        {
+            random.NextBytes(buffer);
+            int offset = random.Next(0, 8);
+            uint start = (uint)random.NextInt64(0, 1L << 32);
+            ReadOnlySpan<byte> input = buffer.AsSpan(offset, length);
+            uint expected = Crc32C.AppendSoftware(start, input);
+            Assert.True(expected == Crc32C.Append(start, input), $"seed {AgreementSeed + length:x}: Append differs from the table at length {length}");
+            if (Crc32C.IsHardwareAccelerated)
+                Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {AgreementSeed + length:x}: instruction path differs at length {length}");
         }
     }
 
