@@ -14,7 +14,7 @@ internal sealed unsafe class ChunkCache : IDisposable
     private byte* _slab;
     private readonly uint[] _idOf;
     private readonly bool[] _referenced;
-    private readonly Dictionary<uint, int> _slotOf;
+    private readonly IdSlotTable _slotOf;
     private int _hand;
 
     public ChunkCache(long bytes)
@@ -22,7 +22,7 @@ internal sealed unsafe class ChunkCache : IDisposable
         Slots = (int)Math.Min(int.MaxValue / 2, Math.Max(0, bytes / PageBytes));
         _idOf = new uint[Slots];
         _referenced = new bool[Slots];
-        _slotOf = new Dictionary<uint, int>(Slots);
+        _slotOf = new IdSlotTable(Slots);
         if (Slots > 0) _slab = (byte*)NativeMemory.Alloc((nuint)Slots * PageBytes);
     }
 
@@ -36,7 +36,7 @@ internal sealed unsafe class ChunkCache : IDisposable
 
     public bool TryCopy(uint id, int offset, Span<byte> destination)
     {
-        if (Slots == 0 || !_slotOf.TryGetValue(id, out int slot))
+        if (Slots == 0 || !_slotOf.TryGet(id, out int slot))
         {
             Misses++;
             return false;
@@ -47,13 +47,13 @@ internal sealed unsafe class ChunkCache : IDisposable
         return true;
     }
 
-    public bool Contains(uint id) => _slotOf.ContainsKey(id);
+    public bool Contains(uint id) => _slotOf.Contains(id);
 
     public void Insert(uint id, ReadOnlySpan<byte> chunk)
     {
-        if (Slots == 0 || _slotOf.ContainsKey(id)) return;
+        if (Slots == 0 || _slotOf.Contains(id)) return;
         int slot = Victim();
-        if (_idOf[slot] != Empty) _slotOf.Remove(_idOf[slot]);
+        if (_idOf[slot] != Empty) _slotOf.Remove(_idOf[slot], out _);
         _idOf[slot] = id;
         _referenced[slot] = false;
         _slotOf.Add(id, slot);
@@ -85,5 +85,6 @@ internal sealed unsafe class ChunkCache : IDisposable
             NativeMemory.Free(_slab);
             _slab = null;
         }
+        _slotOf.Dispose();
     }
 }
