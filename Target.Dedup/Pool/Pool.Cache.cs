@@ -4,6 +4,7 @@
 // the rest to the log, and after the batch is durable maps the blocks and frees the pages.
 // Invariants: the committed ticket only moves forward, and every page queued with a ticket at
 // or below it is durable; a page is mapped only after its batch is durable.
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Target.Dedup.Device;
 using Target.Dedup.Engine;
@@ -27,6 +28,13 @@ public sealed partial class Pool
     private Task? _destager;
     private ReadScheduler? _reads;
     private long _committedTicket;
+
+    // Where destage time goes (stats and metrics): whole turns, building and writing groups, waiting
+    // for a group's writes and fdatasync, and the number of groups.
+    private long _destageTicks;
+    private long _destageBuildTicks;
+    private long _destageDeviceWaitTicks;
+    private long _destageGroups;
 
     /// <summary>
     /// Destage batches written back to back before one fdatasync: one sync per 1 MiB batch caps
@@ -235,6 +243,7 @@ public sealed partial class Pool
     /// </summary>
     private void DestageGroupLocked(bool onlyAged)
     {
+        long turnStart = Stopwatch.GetTimestamp();
         ThrowIfFailed();
         if (_slots.Length == 0)
         {
@@ -291,11 +300,25 @@ public sealed partial class Pool
             }
             throw;
         }
+        Interlocked.Add(ref _destageTicks, Stopwatch.GetTimestamp() - turnStart);
         CheckpointIfDue();
     }
 
     /// <summary>Builds and writes (without a flush) one group into slot set <paramref name="set"/>; the number of batches written.</summary>
     private int WriteGroup(int set, bool onlyAged, long now, bool nothingInFlight)
+    {
+        long start = Stopwatch.GetTimestamp();
+        try
+        {
+            return WriteGroupCore(set, onlyAged, now, nothingInFlight);
+        }
+        finally
+        {
+            Interlocked.Add(ref _destageBuildTicks, Stopwatch.GetTimestamp() - start);
+        }
+    }
+
+    private int WriteGroupCore(int set, bool onlyAged, long now, bool nothingInFlight)
     {
         _groupNew[set].Clear();
         int first = set * MaxGroupBatches, written = 0;
@@ -323,7 +346,10 @@ public sealed partial class Pool
     /// <summary>Waits for a group's flush (rethrowing its failure), then applies its batches in order and lands their pages.</summary>
     private void CompleteGroup(Task flush, int set, int count)
     {
+        long start = Stopwatch.GetTimestamp();
         flush.GetAwaiter().GetResult();
+        Interlocked.Add(ref _destageDeviceWaitTicks, Stopwatch.GetTimestamp() - start);
+        Interlocked.Increment(ref _destageGroups);
         int first = set * MaxGroupBatches;
         for (int b = first; b < first + count; b++)
         {

@@ -53,6 +53,14 @@ public sealed record PoolStats
     public long GcBytesMovedInline { get; init; }
     public long GcSegmentsCleaned { get; init; }
     public double GcMs { get; init; }
+    /// <summary>Time the destager spent in turns (build, device wait, apply and land all included).</summary>
+    public double DestageMs { get; init; }
+    /// <summary>Of DestageMs, building batches (copies, fingerprints, dedup checks, records) and issuing their writes.</summary>
+    public double DestageBuildMs { get; init; }
+    /// <summary>Of DestageMs, waiting for a group's writes and fdatasync after everything else was done.</summary>
+    public double DestageDeviceWaitMs { get; init; }
+    /// <summary>Destage groups made durable (up to 8 batches and one fdatasync each).</summary>
+    public long DestageGroups { get; init; }
     /// <summary>Bytes written by hosts (accepted writes, before dedup).</summary>
     public long HostBytesWritten { get; init; }
     /// <summary>Bytes written to the back-end log (data, journal headers, cleaner moves; checkpoints not counted).</summary>

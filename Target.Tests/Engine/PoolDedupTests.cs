@@ -35,6 +35,10 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
             Assert.Equal(2L * Chunk, s1.PhysicalBytes);
             Assert.Equal(4L * Chunk, s1.LogicalBytes);
             Assert.Equal(2.0, s1.DedupRatio, 6);
+            // The flush went through at least one destage group; its phases are part of the turn's time.
+            Assert.True(s1.DestageGroups >= 1, $"destage groups {s1.DestageGroups}");
+            Assert.True(s1.DestageMs > 0 && s1.DestageBuildMs > 0, $"destage {s1.DestageMs} ms, build {s1.DestageBuildMs} ms");
+            Assert.True(s1.DestageBuildMs + s1.DestageDeviceWaitMs <= s1.DestageMs, $"build {s1.DestageBuildMs} + device wait {s1.DestageDeviceWaitMs} > turns {s1.DestageMs} ms");
             // Later batch and another volume.
             await WriteAsync(w, 7 * Chunk, a);
             await WriteAsync(w, 8 * Chunk, b);

@@ -155,6 +155,7 @@ public sealed class MeteredVolumeTests
             PhysicalBytes = 64 << 20, LogicalBytes = 128 << 20, UniqueChunks = 16384, ZeroChunks = 3, DedupRatio = 2.0,
             RamBytesIndex = 1, RamBytesChunkTable = 2, RamBytesMaps = 3, RamBytesPerUniqueChunk = 24.5,
             LastRecoveryMs = 1500, SegmentsTotal = 10, SegmentsFree = 5, WriteAmplification = 1.25,
+            DestageMs = 2500, DestageBuildMs = 1000, DestageDeviceWaitMs = 500, DestageGroups = 7,
             Volumes =
             [
                 Empty<VolumeStats>() with { Name = "vol0", SizeBytes = 10L << 30, MappedBytes = 128 << 20, DirtyBytes = 4096 },
@@ -171,6 +172,10 @@ public sealed class MeteredVolumeTests
         Assert.Contains("target_volume_size_bytes{volume=\"vol0\"} 10737418240\n", text, StringComparison.Ordinal);
         Assert.Contains("target_volume_dirty_bytes{volume=\"vol0\"} 4096\n", text, StringComparison.Ordinal);
         Assert.Contains("target_pool_write_amplification 1.25\n", text, StringComparison.Ordinal);
+        Assert.Contains("target_pool_destage_seconds_total{phase=\"all\"} 2.5\n", text, StringComparison.Ordinal);
+        Assert.Contains("target_pool_destage_seconds_total{phase=\"build\"} 1\n", text, StringComparison.Ordinal);
+        Assert.Contains("target_pool_destage_seconds_total{phase=\"device_wait\"} 0.5\n", text, StringComparison.Ordinal);
+        Assert.Contains("target_pool_destage_groups_total 7\n", text, StringComparison.Ordinal);
         Assert.Contains("# TYPE target_pool_host_written_bytes_total counter\n", text, StringComparison.Ordinal);
     }
 

@@ -40,6 +40,11 @@ public static class PrometheusWriter
             Counter(text, "target_pool_gc_moved_inline_bytes_total", "Bytes the cleaner moved into the log head rather than its own segment.", pool.GcBytesMovedInline);
             Counter(text, "target_pool_gc_segments_cleaned_total", "Segments cleaned.", pool.GcSegmentsCleaned);
             Counter(text, "target_pool_gc_seconds_total", "Time spent cleaning segments.", pool.GcMs / 1000.0);
+            Header(text, "target_pool_destage_seconds_total", "Destager time: in turns (all), building batches (build), waiting for writes and fdatasync (device_wait).", "counter");
+            Sample(text, "target_pool_destage_seconds_total", "phase", "all", pool.DestageMs / 1000.0);
+            Sample(text, "target_pool_destage_seconds_total", "phase", "build", pool.DestageBuildMs / 1000.0);
+            Sample(text, "target_pool_destage_seconds_total", "phase", "device_wait", pool.DestageDeviceWaitMs / 1000.0);
+            Counter(text, "target_pool_destage_groups_total", "Destage groups made durable (one fdatasync each).", pool.DestageGroups);
             Counter(text, "target_pool_host_written_bytes_total", "Bytes written by hosts, before dedup.", pool.HostBytesWritten);
             Counter(text, "target_pool_device_written_bytes_total", "Bytes written to the back-end log.", pool.DeviceBytesWritten);
             Gauge(text, "target_pool_write_amplification", "Device bytes written / host bytes written.", pool.WriteAmplification);
