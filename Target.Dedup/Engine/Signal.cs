@@ -11,6 +11,10 @@ internal sealed class Signal
 
     public void Set()
     {
+        // Already set and nobody waiting: nothing to do, and no lock (writers call this per request
+        // while the cache is past its high watermark). A waiter that consumes the flag right after
+        // this check re-checks its condition, which already includes the caller's change.
+        if (Volatile.Read(ref _set) && Volatile.Read(ref _waiters) == null) return;
         TaskCompletionSource? wake;
         lock (_gate)
         {

@@ -301,10 +301,14 @@ public sealed partial class Pool : IRingReadClient
         Volatile.Write(ref _lastHostWriteMs, NowMs());
         int done = 0;
         long lastTicket = 0;
-        while (done < source.Length)
+        bool wakeDestager = false;
+        // One lock acquisition for every chunk of the request that needs no wait (not one per
+        // chunk: a 1 MiB write would otherwise take the pool lock 256 times against the destager).
+        lock (_sync)
         {
-            if (!TryPutFast(volume, offset + done, source.Span[done..], ref done, ref lastTicket)) break;
+            while (done < source.Length && TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager)) { }
         }
+        if (wakeDestager) _destageWake.Set();
         if (done < source.Length) return WriteSlowAsync(volume, offset, source, done, lastTicket, flags, ct);
         return FinishWrite(volume, offset, source, lastTicket, flags, ct);
     }
@@ -322,7 +326,10 @@ public sealed partial class Pool : IRingReadClient
     {
         while (done < source.Length)
         {
-            if (TryPutFast(volume, offset + done, source.Span[done..], ref done, ref lastTicket)) continue;
+            bool wakeDestager = false, stored;
+            lock (_sync) stored = TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager);
+            if (wakeDestager) _destageWake.Set();
+            if (stored) continue;
             await PutSlowAsync(volume, offset + done, source[done..], ct).ConfigureAwait(false);
             // PutSlowAsync stored exactly one chunk piece; account for it.
             long position = offset + done;
@@ -336,32 +343,31 @@ public sealed partial class Pool : IRingReadClient
     /// <summary>
     /// Stores one chunk piece without waiting: into an existing page, or a new page for a whole
     /// chunk. False when it needs to wait (no free page) or to read old data (partial chunk).
+    /// Caller holds the pool lock; <paramref name="wakeDestager"/> is set when the queue passed
+    /// the high watermark (the caller wakes the destager after releasing the lock).
     /// </summary>
-    private bool TryPutFast(Volume volume, long position, ReadOnlySpan<byte> source, ref int done, ref long lastTicket)
+    private bool TryPutFastLocked(Volume volume, long position, ReadOnlySpan<byte> source, ref int done, ref long lastTicket, ref bool wakeDestager)
     {
         long block = position / ChunkBytes;
         int inChunk = (int)(position % ChunkBytes);
         int n = Math.Min(ChunkBytes - inChunk, source.Length);
         long key = WriteCache.KeyOf(volume.State.Id, block);
-        lock (_sync)
+        if (_cache.TryFind(key, out int page))
         {
-            if (_cache.TryFind(key, out int page))
-            {
-                source[..n].CopyTo(_cache.Data(page)[inChunk..]);
-                _cache.MarkDirty(page, NowMs(), isNew: false);
-            }
-            else
-            {
-                if (n != ChunkBytes || !_cache.HasFreePage) return false;
-                if (!TryReserveForPageLocked()) return false;
-                page = _cache.Add(key);
-                source[..n].CopyTo(_cache.Data(page));
-                _cache.MarkDirty(page, NowMs(), isNew: true);
-                volume.PageEnteredCache();
-                if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
-            }
-            lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
+            source[..n].CopyTo(_cache.Data(page)[inChunk..]);
+            _cache.MarkDirty(page, NowMs(), isNew: false);
         }
+        else
+        {
+            if (n != ChunkBytes || !_cache.HasFreePage) return false;
+            if (!TryReserveForPageLocked()) return false;
+            page = _cache.Add(key);
+            source[..n].CopyTo(_cache.Data(page));
+            _cache.MarkDirty(page, NowMs(), isNew: true);
+            volume.PageEnteredCache();
+            if (_cache.QueuedPages >= HighWatermarkPages) wakeDestager = true;
+        }
+        lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
         done += n;
         return true;
     }
@@ -552,6 +558,7 @@ public sealed partial class Pool : IRingReadClient
             byte[] current = new byte[source.Length];
             byte[]? oldChunk = null;
             long lastTicket = 0;
+            bool wakeDestager = false;
             while (true)
             {
                 ct.ThrowIfCancellationRequested();
@@ -564,7 +571,7 @@ public sealed partial class Pool : IRingReadClient
                         int done = 0;
                         while (done < source.Length)
                         {
-                            if (!TryPutFast(volume, offset + done, source.Span[done..], ref done, ref lastTicket))
+                            if (!TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager))
                             {
                                 // A partial chunk not in the cache: its old bytes are in `current`.
                                 long position = offset + done;
@@ -592,6 +599,7 @@ public sealed partial class Pool : IRingReadClient
                 _destageWake.Set();
                 await _pageFreed.WaitAsync(DestageTickMs, ct).ConfigureAwait(false);
             }
+            if (wakeDestager) _destageWake.Set();
             await FinishWrite(volume, offset, source, lastTicket, WriteFlags.None, ct).ConfigureAwait(false);
             return true;
         }
