@@ -5,6 +5,7 @@
 // Invariants: the committed ticket only moves forward, and every page queued with a ticket at
 // or below it is durable; a page is mapped only after its batch is durable.
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using Target.Dedup.Device;
 using Target.Dedup.Engine;
@@ -53,6 +54,10 @@ public sealed partial class Pool
         public readonly long[] Key = new long[MaxBatchBlocks];
         public readonly long[] Ticket = new long[MaxBatchBlocks];
         public readonly uint[] NewIds = new uint[MaxBatchBlocks];
+        /// <summary>What each page's block mapped to when the batch was built: the reference its Map record drops.</summary>
+        public readonly uint[] OldIds = new uint[MaxBatchBlocks];
+        /// <summary>OldIds are counted in _pendingDrops (from the end of the build until applied or unwound).</summary>
+        public bool DropsCounted;
         public int Count;
         public int NewCount;
         public int Packed;
@@ -83,6 +88,16 @@ public sealed partial class Pool
     private readonly uint[] _candidateCrcs = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly int[] _candidateCount = new int[MaxBatchBlocks];
     private readonly Dictionary<ulong, int> _batchLocal = new(MaxBatchBlocks);
+
+    /// <summary>
+    /// Chunk id -> references that batches built but not yet applied will drop. A batch is built
+    /// before the batches ahead of it are applied, and replay applies them in the same order, so a
+    /// stored chunk is shared only while it has more references than are about to be dropped:
+    /// otherwise an earlier batch frees it and the later Map record names a freed id. A block is in
+    /// at most one unapplied batch (a page written again while in flight ends the group), so the
+    /// dropped reference is the block's applied mapping at build time. Destage thread, pool lock.
+    /// </summary>
+    private readonly Dictionary<uint, int> _pendingDrops = new();
     private readonly int[] _prefetchAt = new int[MaxBatchBlocks];
     private readonly uint[] _prefetchLocations = new uint[MaxBatchBlocks];
     private readonly int[] _prefetchPages = new int[MaxBatchBlocks];
@@ -245,6 +260,12 @@ public sealed partial class Pool
     {
         long turnStart = Stopwatch.GetTimestamp();
         ThrowIfFailed();
+        if (_pendingDrops.Count != 0)
+        {
+            // Nothing is in flight between turns, so nothing can be about to drop a reference.
+            _log.LogError("destage: {Count} pending reference drops left over from the last turn; cleared", _pendingDrops.Count);
+            lock (_sync) _pendingDrops.Clear();
+        }
         if (_slots.Length == 0)
         {
             _slots = new DestageSlot[2 * MaxGroupBatches];
@@ -378,6 +399,7 @@ public sealed partial class Pool
         {
             for (int n = 0; n < slot.NewCount; n++) _state.Chunks.Unallocate(slot.NewIds[n]);
             for (int i = 0; i < slot.Count; i++) _cache.Requeue(slot.Page[i], now);
+            ReleasePendingDropsLocked(slot);
         }
         slot.Count = 0;
         slot.NewCount = 0;
@@ -402,10 +424,25 @@ public sealed partial class Pool
                 }
             }
             AdvanceCommittedLocked(slot.LastTicket);
+            ReleasePendingDropsLocked(slot);
             if (freed) { _pageFreed.Set(); _spaceFreed.Set(); }
         }
         slot.Count = 0;
         slot.NewCount = 0;
+    }
+
+    /// <summary>The slot's batch was applied (its drops happened) or will never be: its pending drops end.</summary>
+    private void ReleasePendingDropsLocked(DestageSlot slot)
+    {
+        if (!slot.DropsCounted) return;
+        slot.DropsCounted = false;
+        for (int i = 0; i < slot.Count; i++)
+        {
+            uint old = slot.OldIds[i];
+            if (old < ChunkTable.FirstChunkId) continue;
+            ref int drops = ref CollectionsMarshal.GetValueRefOrNullRef(_pendingDrops, old);
+            if (--drops == 0) _pendingDrops.Remove(old);
+        }
     }
 
     /// <summary>
@@ -442,6 +479,7 @@ public sealed partial class Pool
                 }
                 _cache.TakeForBatch(page);
                 _cache.Data(page).CopyTo(dataArea.Slice(count * ChunkBytes, ChunkBytes));
+                slot.OldIds[count] = owner.Map.Get(WriteCache.BlockOf(pageKey));
                 slot.Page[count] = page;
                 slot.Key[count] = pageKey;
                 slot.Ticket[count] = ticket;
@@ -476,12 +514,17 @@ public sealed partial class Pool
                 _candidateCount[i] = 0;
                 if (_batchValue[i] == ChunkTable.ZeroId) continue;
                 Span<uint> ids = _candidateIds.AsSpan(i * MaxCandidates, MaxCandidates);
-                int n = _state.Index.FindCandidates(_batchFp[i].Low, ids);
-                for (int k = 0; k < n; k++)
+                int found = _state.Index.FindCandidates(_batchFp[i].Low, ids);
+                int n = 0;
+                for (int k = 0; k < found; k++)
                 {
                     ChunkEntry e = _state.Chunks[ids[k]];
-                    _candidateLocations[i * MaxCandidates + k] = e.Location;
-                    _candidateCrcs[i * MaxCandidates + k] = e.Crc;
+                    // A chunk whose last references unapplied batches drop is freed before this batch applies.
+                    if (_pendingDrops.TryGetValue(ids[k], out int drops) && e.RefCount <= (uint)drops) continue;
+                    ids[n] = ids[k];
+                    _candidateLocations[i * MaxCandidates + n] = e.Location;
+                    _candidateCrcs[i * MaxCandidates + n] = e.Crc;
+                    n++;
                 }
                 _candidateCount[i] = n;
             }
@@ -526,6 +569,15 @@ public sealed partial class Pool
         lock (_sync)
         {
             for (int n = 0; n < newCount; n++) newIds[n] = _state.Chunks.Allocate();
+            // Counted only now: within one batch every reference is added before any is dropped,
+            // so this batch's own drops never endanger a chunk it shares (a block rewritten with the
+            // bytes it holds shares its own chunk).
+            for (int i = 0; i < count; i++)
+            {
+                uint old = slot.OldIds[i];
+                if (old >= ChunkTable.FirstChunkId) CollectionsMarshal.GetValueRefOrAddDefault(_pendingDrops, old, out _)++;
+            }
+            slot.DropsCounted = true;
         }
         slot.NewCount = newCount;
         int packed = 0;

@@ -35,10 +35,10 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
             Assert.Equal(2L * Chunk, s1.PhysicalBytes);
             Assert.Equal(4L * Chunk, s1.LogicalBytes);
             Assert.Equal(2.0, s1.DedupRatio, 6);
-            // The flush went through at least one destage group; its phases are part of the turn's time.
+            // The flush went through at least one destage group (the turn's own total is added when
+            // the turn ends, which may be just after the flush returned).
             Assert.True(s1.DestageGroups >= 1, $"destage groups {s1.DestageGroups}");
-            Assert.True(s1.DestageMs > 0 && s1.DestageBuildMs > 0, $"destage {s1.DestageMs} ms, build {s1.DestageBuildMs} ms");
-            Assert.True(s1.DestageBuildMs + s1.DestageDeviceWaitMs <= s1.DestageMs, $"build {s1.DestageBuildMs} + device wait {s1.DestageDeviceWaitMs} > turns {s1.DestageMs} ms");
+            Assert.True(s1.DestageBuildMs > 0, $"destage build {s1.DestageBuildMs} ms");
             // Later batch and another volume.
             await WriteAsync(w, 7 * Chunk, a);
             await WriteAsync(w, 8 * Chunk, b);
@@ -65,6 +65,85 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
             await w.TrimAsync(8 * Chunk, Chunk, None);
             await v.FlushAsync(None);
             Assert.Equal(2, pool.GetStats().UniqueChunks);
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
+    public async Task AChunkWhoseLastReferenceAnEarlierBatchOverwritesIsNotSharedByALaterBatch()
+    {
+        // Block 0 holds A (chunk X, one reference). Then, in one destage group: block 0 is
+        // overwritten (its batch drops X's last reference) and, a batch later, block 1 is written
+        // with A again. Both batches are built before either is applied, so the index still lists
+        // X when block 1 is deduplicated. Sharing X there would map block 1 to a freed id, which
+        // the next new chunk takes: block 1 would read someone else's data.
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path);
+        byte[] a = Pattern(1000, 1);
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 64 << 20, 512, None);
+            await WriteAsync(v, 0, a);
+            await v.FlushAsync(None);
+            await WriteAsync(v, 0, Pattern(0, 2));
+            for (long block = 10; block < 10 + 300; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            await WriteAsync(v, 1 * Chunk, a);
+            await v.FlushAsync(None);
+            Assert.Equal(a, await ReadAsync(v, 1 * Chunk, Chunk));
+            // New chunks take freed ids first: block 1 must keep reading A.
+            for (long block = 400; block < 400 + 600; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            await v.FlushAsync(None);
+            Assert.Equal(a, await ReadAsync(v, 1 * Chunk, Chunk));
+            Assert.Equal(Pattern(0, 2), await ReadAsync(v, 0, Chunk));
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            Assert.Equal(a, await ReadAsync(v, 1 * Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
+    public async Task RandomOverwritesWithRepeatedContentsReadBackAndCheckClean()
+    {
+        // 600 contents over 2048 blocks, rounds of 700 random writes (several destage batches per
+        // flush): chunks gain and lose their last references across batches all the time.
+        int seed = Seed(output);
+        var random = new Random(seed);
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path);
+        byte[][] contents = Enumerable.Range(0, 600).Select(i => Pattern(5000 + i, 1)).ToArray();
+        int[] model = Enumerable.Repeat(-1, 2048).ToArray();
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 2048L * Chunk, 512, None);
+            for (int round = 0; round < 12; round++)
+            {
+                for (int i = 0; i < 700; i++)
+                {
+                    int block = random.Next(model.Length), content = random.Next(contents.Length);
+                    await WriteAsync(v, (long)block * Chunk, contents[content]);
+                    model[block] = content;
+                }
+                await v.FlushAsync(None);
+                for (int block = 0; block < model.Length; block++)
+                {
+                    if (model[block] < 0) continue;
+                    byte[] read = await ReadAsync(v, (long)block * Chunk, Chunk);
+                    Assert.True(read.AsSpan().SequenceEqual(contents[model[block]]), $"seed {seed} round {round}: block {block} does not hold content {model[block]}");
+                }
+            }
+            Assert.True(pool.GetStats().UniqueChunks <= contents.Length, $"seed {seed}: {pool.GetStats().UniqueChunks} unique chunks for {contents.Length} contents");
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            for (int block = 0; block < model.Length; block++)
+            {
+                if (model[block] < 0) continue;
+                Assert.True((await ReadAsync(v, (long)block * Chunk, Chunk)).AsSpan().SequenceEqual(contents[model[block]]), $"seed {seed} after reopen: block {block}");
+            }
         }
         await AssertCleanAsync(dir.Path, output);
     }
