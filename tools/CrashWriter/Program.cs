@@ -47,7 +47,9 @@ long sectors = volume.SizeBytes / CrashPattern.SectorBytes;
 long flushes = 0;
 while (true)
 {
-    int ops = random.Next(1, 17);
+    // Mostly short runs between flushes; one in eight long enough that a flush destages several
+    // batches in one group (chunks shared and unshared across batches that are not applied yet).
+    int ops = random.Next(8) == 0 ? random.Next(200, 600) : random.Next(1, 17);
     for (int i = 0; i < ops; i++)
     {
         int kind = random.Next(100);
