@@ -5,7 +5,8 @@
 #   bash tools/bench/compare.sh     (uses bin/target as it is)
 #
 # NBD (fio --ioengine=nbd): Target, nbdkit memory, nbdkit file, qemu-nbd --cache=none --aio=native,
-# plus the raw back-end disk (fio libaio O_DIRECT on a file in /tmp) as the physical reference.
+# plus the raw back-end disk (fio libaio O_DIRECT on a file in /tmp) as the physical reference and
+# nbdkit null (keeps nothing, reads zeros) as the ceiling of the fio client itself.
 # iSCSI (qemu-img bench, iscsi-perf): tgtd with a file backing store, and Target when
 # `target serve --help` lists --iscsi.
 # Every server binds to 127.0.0.1 on a free port, runs from a fresh directory under /tmp, and is
@@ -22,7 +23,7 @@
 #   POOL_SIZE=8G     Target pool size
 #   TARGET_BIN=bin/target        the Target binary to measure
 #   TARGET_ARGS=""   extra `target serve` arguments (e.g. "--write-mode wt")
-#   SERVERS=target,nbdkit-memory,nbdkit-file,qemu-nbd,raw-disk,tgtd
+#   SERVERS=target,nbdkit-memory,nbdkit-file,qemu-nbd,nbdkit-null,raw-disk,tgtd
 #   WORKLOADS=randwrite,randread,seqwrite,seqwrite-dup,dedup50,mix7030,qimg-write,qimg-read,iperf-randread
 #   SETTLE_MAX=30    after each job, wait up to this many seconds for the server to go idle
 #                    (Target destages its write cache); that CPU time is counted
@@ -43,7 +44,7 @@ VOLUME_SIZE=${VOLUME_SIZE:-4G}
 POOL_SIZE=${POOL_SIZE:-8G}
 TARGET_BIN=${TARGET_BIN:-$repo/bin/target}
 TARGET_ARGS=${TARGET_ARGS:-}
-SERVERS=${SERVERS:-target,nbdkit-memory,nbdkit-file,qemu-nbd,raw-disk,tgtd}
+SERVERS=${SERVERS:-target,nbdkit-memory,nbdkit-file,qemu-nbd,nbdkit-null,raw-disk,tgtd}
 WORKLOADS=${WORKLOADS:-randwrite,randread,seqwrite,seqwrite-dup,dedup50,mix7030,qimg-write,qimg-read,iperf-randread}
 SETTLE_MAX=${SETTLE_MAX:-30}
 KEEP=${KEEP:-0}
@@ -434,6 +435,12 @@ if in_list "$SERVERS" qemu-nbd; then
   elif start_qemu_nbd; then nbd_servers+=(qemu-nbd)
   else skip nbd qemu-nbd "qemu-nbd did not start"; fi
 fi
+if in_list "$SERVERS" nbdkit-null; then
+  # Keeps nothing and reads zeros: what the fio client reaches against a server that does no work.
+  if ! command -v nbdkit >/dev/null; then skip nbd nbdkit-null "nbdkit missing (bash tools/install-deps.sh)"
+  elif start_nbdkit nbdkit-null null "$VOLUME_SIZE"; then nbd_servers+=(nbdkit-null)
+  else skip nbd nbdkit-null "nbdkit null did not start"; fi
+fi
 in_list "$SERVERS" raw-disk && nbd_servers+=(raw-disk)
 
 if ((${#iscsi_workloads[@]} > 0)); then
@@ -493,7 +500,7 @@ done
 
 header >"$work/header.md"
 all_nbd=() all_iscsi=()
-for s in target nbdkit-memory nbdkit-file qemu-nbd raw-disk; do in_list "$SERVERS" "$s" && all_nbd+=("$s"); done
+for s in target nbdkit-memory nbdkit-file qemu-nbd nbdkit-null raw-disk; do in_list "$SERVERS" "$s" && all_nbd+=("$s"); done
 for s in target tgtd; do in_list "$SERVERS" "$s" && all_iscsi+=("$s"); done
 table_args=()
 if ((${#nbd_workloads[@]} > 0)); then

@@ -23,6 +23,7 @@ LABELS = {
     "nbdkit-memory": "nbdkit memory",
     "nbdkit-file": "nbdkit file",
     "qemu-nbd": "qemu-nbd O_DIRECT",
+    "nbdkit-null": "nbdkit null (client ceiling)",
     "raw-disk": "raw disk (fio libaio O_DIRECT)",
     "tgtd": "tgtd (file backing)",
     # workloads
