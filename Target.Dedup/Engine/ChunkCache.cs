@@ -49,6 +49,20 @@ internal sealed unsafe class ChunkCache : IDisposable
 
     public bool Contains(uint id) => _slotOf.Contains(id);
 
+    /// <summary>Compares a cached chunk with <paramref name="data"/> in place; false when the id is not cached.</summary>
+    public bool TryCompare(uint id, ReadOnlySpan<byte> data, out bool equal)
+    {
+        if (Slots == 0 || !_slotOf.TryGet(id, out int slot))
+        {
+            equal = false;
+            return false;
+        }
+        Hits++;
+        _referenced[slot] = true;
+        equal = new ReadOnlySpan<byte>(_slab + (long)slot * PageBytes, PageBytes).SequenceEqual(data);
+        return true;
+    }
+
     public void Insert(uint id, ReadOnlySpan<byte> chunk)
     {
         if (Slots == 0 || _slotOf.Contains(id)) return;

@@ -99,6 +99,8 @@ public sealed partial class Pool
     /// </summary>
     private readonly Dictionary<uint, int> _pendingDrops = new();
     private readonly int[] _prefetchAt = new int[MaxBatchBlocks];
+    /// <summary>Page i's first candidate was compared in the read cache: 1 equal, 2 different, 0 not cached.</summary>
+    private readonly byte[] _cachedVerdict = new byte[MaxBatchBlocks];
     private readonly uint[] _prefetchLocations = new uint[MaxBatchBlocks];
     private readonly int[] _prefetchPages = new int[MaxBatchBlocks];
     /// <summary>Stored candidates read ahead for verification; runs of distinct blocks, at most one per page.</summary>
@@ -530,7 +532,7 @@ public sealed partial class Pool
             }
         }
 
-        PrefetchCandidates(count);
+        PrefetchCandidates(count, dataArea);
 
         // Verify candidates byte for byte (a fingerprint match alone never shares a chunk), then decide.
         _batchLocal.Clear();
@@ -540,8 +542,9 @@ public sealed partial class Pool
             _batchNewIndex[i] = -1;
             if (_batchValue[i] == ChunkTable.ZeroId) continue;
             ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
-            if (_prefetchAt[i] >= 0 && PrefetchedEquals(i, data)) _batchValue[i] = _candidateIds[i * MaxCandidates];
-            for (int k = _prefetchAt[i] >= 0 ? 1 : 0; k < _candidateCount[i] && _batchValue[i] == ChunkTable.HoleId; k++)
+            if (_cachedVerdict[i] == 1 || (_prefetchAt[i] >= 0 && PrefetchedEquals(i, data))) _batchValue[i] = _candidateIds[i * MaxCandidates];
+            bool firstChecked = _cachedVerdict[i] != 0 || _prefetchAt[i] >= 0;
+            for (int k = firstChecked ? 1 : 0; k < _candidateCount[i] && _batchValue[i] == ChunkTable.HoleId; k++)
             {
                 if (VerifyStoredChunk(_candidateIds[i * MaxCandidates + k], _candidateLocations[i * MaxCandidates + k], _candidateCrcs[i * MaxCandidates + k], data))
                     _batchValue[i] = _candidateIds[i * MaxCandidates + k];
@@ -625,12 +628,13 @@ public sealed partial class Pool
     private Volume? VolumeOfKey(long key) => _volumes.TryGetValue(WriteCache.VolumeOf(key), out Volume? v) ? v : null;
 
     /// <summary>
-    /// Reads the first candidate of every page whose candidate is not in the read cache, sorted by
+    /// Compares the first candidate of every page in the read cache (_cachedVerdict), and reads the
+    /// first candidate of every page whose candidate is not in the read cache, sorted by
     /// location, one device read per run of adjacent blocks: rewriting data that is already stored
     /// (a second copy of an image) verifies 256 chunks with a few large reads instead of 256
     /// random 4 KiB ones. _prefetchAt[i] is the block in _prefetchBuffer, or -1.
     /// </summary>
-    private void PrefetchCandidates(int count)
+    private void PrefetchCandidates(int count, Span<byte> dataArea)
     {
         int wanted = 0;
         lock (_sync)
@@ -638,7 +642,15 @@ public sealed partial class Pool
             for (int i = 0; i < count; i++)
             {
                 _prefetchAt[i] = -1;
-                if (_candidateCount[i] == 0 || _chunkCache.Contains(_candidateIds[i * MaxCandidates])) continue;
+                _cachedVerdict[i] = 0;
+                if (_candidateCount[i] == 0) continue;
+                // In the read cache: compare there and then, in place, all in this one hold of the
+                // lock (one lock per chunk collided with writers copying whole requests under it).
+                if (_chunkCache.TryCompare(_candidateIds[i * MaxCandidates], dataArea.Slice(i * ChunkBytes, ChunkBytes), out bool equal))
+                {
+                    _cachedVerdict[i] = equal ? (byte)1 : (byte)2;
+                    continue;
+                }
                 _prefetchLocations[wanted] = _candidateLocations[i * MaxCandidates];
                 _prefetchPages[wanted] = i;
                 wanted++;
