@@ -294,6 +294,9 @@ public sealed partial class Pool : IRingReadClient
         return stored;
     }
 
+    /// <summary>Chunks a write stores per hold of the pool lock (256 KiB of copying at most).</summary>
+    private const int ChunksPerLockHold = 64;
+
     internal ValueTask WriteAsync(Volume volume, long offset, ReadOnlyMemory<byte> source, WriteFlags flags, CancellationToken ct)
     {
         ThrowIfFailed();
@@ -302,11 +305,21 @@ public sealed partial class Pool : IRingReadClient
         int done = 0;
         long lastTicket = 0;
         bool wakeDestager = false;
-        // One lock acquisition for every chunk of the request that needs no wait (not one per
-        // chunk: a 1 MiB write would otherwise take the pool lock 256 times against the destager).
-        lock (_sync)
+        // One lock acquisition per up to 64 chunks that need no wait (not one per chunk: a 1 MiB
+        // write would otherwise take the pool lock 256 times against the destager; not all of a
+        // large write either, so readers and the destager wait at most a 256 KiB copy).
+        bool stuck = false;
+        while (done < source.Length && !stuck)
         {
-            while (done < source.Length && TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager)) { }
+            lock (_sync)
+            {
+                for (int n = 0; n < ChunksPerLockHold && done < source.Length; n++)
+                {
+                    if (TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager)) continue;
+                    stuck = true;
+                    break;
+                }
+            }
         }
         if (wakeDestager) _destageWake.Set();
         if (done < source.Length) return WriteSlowAsync(volume, offset, source, done, lastTicket, flags, ct);
