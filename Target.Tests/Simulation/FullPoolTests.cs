@@ -43,14 +43,17 @@ public sealed class FullPoolTests(ITestOutputHelper output)
             output.WriteLine($"{written} blocks written before: {full?.Message}; free {stats.FreeBytes}, segments free {stats.SegmentsFree}");
             Assert.NotNull(full);
             await v.FlushAsync(None);
-            // Space reserved for cached pages but not used (headers are shared) comes back after the flush:
-            // keep writing until the pool is full for good.
+            // Space reserved for cached pages but not used (headers are shared) comes back after the flush,
+            // and segments in quarantine after the checkpoint that may end a destage turn just after the
+            // flush returned: keep writing until a write fails right after a flush and a checkpoint,
+            // when nothing is left in the background that could free space.
             for (int i = 0; i < 3000; i++)
             {
                 try { await WriteAsync(v, written * Chunk, Pattern(written, 1)); written++; }
                 catch (NoSpaceException)
                 {
                     await v.FlushAsync(None);
+                    await pool.CheckpointAsync(None);
                     try { await WriteAsync(v, written * Chunk, Pattern(written, 1)); written++; }
                     catch (NoSpaceException) { break; }
                 }
