@@ -712,12 +712,12 @@ public sealed partial class Pool
     /// <summary>Reads a stored chunk and compares it with <paramref name="data"/>; a read or CRC failure is a mismatch.</summary>
     private bool VerifyStoredChunk(uint id, uint location, uint crc, ReadOnlySpan<byte> data)
     {
-        Span<byte> stored = _verifyBuffer.Span;
-        // The read cache holds the chunk's stored bytes (already CRC-checked): compare in memory.
+        // The read cache holds the chunk's stored bytes (already CRC-checked): compare there, in place.
         lock (_sync)
         {
-            if (_chunkCache.TryCopy(id, 0, stored)) return stored.SequenceEqual(data);
+            if (_chunkCache.TryCompare(id, data, out bool equal)) return equal;
         }
+        Span<byte> stored = _verifyBuffer.Span;
         try
         {
             _device.Read(Superblock.BlockOffset(location), stored);
