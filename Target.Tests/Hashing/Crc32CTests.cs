@@ -62,19 +62,7 @@ public sealed class Crc32CTests
     {
         var random = new Random(AgreementSeed);
         byte[] buffer = new byte[300 + 8];
-        for (int length = 0; length <= 300; length++)
-        {
-            random.NextBytes(buffer);
-            int offset = random.Next(0, 8);
-            uint start = (uint)random.NextInt64(0, 1L << 32);
-            ReadOnlySpan<byte> input = buffer.AsSpan(offset, length);
-
-            uint expected = Crc32C.AppendSoftware(start, input);
-
-            Assert.True(expected == Crc32C.Append(start, input), $"seed {AgreementSeed:x}: Append differs from the table at length {length}");
-            if (Crc32C.IsHardwareAccelerated)
-                Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {AgreementSeed:x}: instruction path differs from the table at length {length}");
-        }
+        for (int length = 0; length <= 300; length++) AssertPathsAgree(random, buffer, length, AgreementSeed);
     }
 
     [Theory]
@@ -94,17 +82,22 @@ public sealed class Crc32CTests
         // 768 bytes and more run three interleaved streams (rounds of 3 x 1344 and 3 x 256 bytes).
         var random = new Random(AgreementSeed + length);
         byte[] buffer = new byte[length + 8];
-        for (int trial = 0; trial < 4; trial++)
-        {
-            random.NextBytes(buffer);
-            int offset = random.Next(0, 8);
-            uint start = (uint)random.NextInt64(0, 1L << 32);
-            ReadOnlySpan<byte> input = buffer.AsSpan(offset, length);
-            uint expected = Crc32C.AppendSoftware(start, input);
-            Assert.True(expected == Crc32C.Append(start, input), $"seed {AgreementSeed + length:x}: Append differs from the table at length {length}");
-            if (Crc32C.IsHardwareAccelerated)
-                Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {AgreementSeed + length:x}: instruction path differs at length {length}");
-        }
+        for (int trial = 0; trial < 4; trial++) AssertPathsAgree(random, buffer, length, AgreementSeed + length);
+    }
+
+    /// <summary>Random bytes at a random misalignment, continued from a random CRC: Append and the instruction path equal the table.</summary>
+    private static void AssertPathsAgree(Random random, byte[] buffer, int length, int seed)
+    {
+        random.NextBytes(buffer);
+        int offset = random.Next(0, 8);
+        uint start = (uint)random.NextInt64(0, 1L << 32);
+        ReadOnlySpan<byte> input = buffer.AsSpan(offset, length);
+
+        uint expected = Crc32C.AppendSoftware(start, input);
+
+        Assert.True(expected == Crc32C.Append(start, input), $"seed {seed:x}: Append differs from the table at length {length}");
+        if (Crc32C.IsHardwareAccelerated)
+            Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {seed:x}: instruction path differs from the table at length {length}");
     }
 
     [Fact]
