@@ -58,6 +58,12 @@ public sealed partial class Pool
         public readonly uint[] OldIds = new uint[MaxBatchBlocks];
         /// <summary>OldIds are counted in _pendingDrops (from the end of the build until applied or unwound).</summary>
         public bool DropsCounted;
+        /// <summary>
+        /// Landed (its new chunks are in the index, and its blocks may be taken by a later batch
+        /// that drops them) or unwound (its new ids given back): TryShareInFlight no longer offers
+        /// its new chunks.
+        /// </summary>
+        public bool Settled;
         public int Count;
         public int NewCount;
         public int Packed;
@@ -274,6 +280,8 @@ public sealed partial class Pool
             _slots[0] = new DestageSlot(_logBuffer);
             for (int i = 1; i < _slots.Length; i++) _slots[i] = new DestageSlot(new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes));
         }
+        // Tables left from the last turn name chunks that are in the index now (or were given back).
+        foreach (Dictionary<ulong, (int Slot, int New)> table in _groupNew) table.Clear();
         long now = NowMs();
         int set = 0, inFlightSet = -1, inFlightCount = 0;
         Task? inFlightFlush = null;
@@ -402,6 +410,7 @@ public sealed partial class Pool
             for (int n = 0; n < slot.NewCount; n++) _state.Chunks.Unallocate(slot.NewIds[n]);
             for (int i = 0; i < slot.Count; i++) _cache.Requeue(slot.Page[i], now);
             ReleasePendingDropsLocked(slot);
+            slot.Settled = true;
         }
         slot.Count = 0;
         slot.NewCount = 0;
@@ -427,6 +436,7 @@ public sealed partial class Pool
             }
             AdvanceCommittedLocked(slot.LastTicket);
             ReleasePendingDropsLocked(slot);
+            slot.Settled = true;
             if (freed) { _pageFreed.Set(); _spaceFreed.Set(); }
         }
         slot.Count = 0;
@@ -460,6 +470,7 @@ public sealed partial class Pool
         slot.Count = 0;
         slot.NewCount = 0;
         slot.Packed = 0;
+        slot.Settled = false;
         lock (_sync)
         {
             int room = DataRoomLocked();
@@ -681,12 +692,18 @@ public sealed partial class Pool
         }
     }
 
-    /// <summary>A new chunk of a batch written but not applied yet (this group or the one in flight) with these bytes.</summary>
+    /// <summary>
+    /// A new chunk of a batch written but not landed yet (this group or the one in flight) with
+    /// these bytes. Never one of a settled batch: once landed, its blocks can be taken by a later
+    /// batch that drops the chunk, and only index candidates are checked against pending drops;
+    /// once unwound, its ids are free.
+    /// </summary>
     private bool TryShareInFlight(ulong prefix, ReadOnlySpan<byte> data, out uint id)
     {
         foreach (Dictionary<ulong, (int Slot, int New)> table in _groupNew)
         {
             if (table.TryGetValue(prefix, out (int Slot, int New) earlier)
+                && !_slots[earlier.Slot].Settled
                 && data.SequenceEqual(_slots[earlier.Slot].DataArea.Slice(earlier.New * ChunkBytes, ChunkBytes)))
             {
                 id = _slots[earlier.Slot].NewIds[earlier.New];

@@ -105,6 +105,42 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task AChunkNewInAnEarlierTurnIsNotSharedWhileABatchAheadDropsIt()
+    {
+        // One destage turn of two groups: 2048 pages fill the first group, and block 0 with A
+        // (new chunk X) is the second group alone. In the next turn, block 0 is overwritten (the
+        // first batch drops X's last reference) and, a batch later, block 5000 is written with A.
+        // The index lists X, but its pending drop rules it out; the earlier turn's table of chunks
+        // new in flight must not offer it either, or block 5000 maps a freed id.
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path, segments: 32, cachePages: 8192) with { DirtyAgeMaxMs = 600_000 };
+        byte[] a = Pattern(1000, 9); // no other block holds these bytes
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 64 << 20, 512, None);
+            for (long block = 10; block < 10 + 2048; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            await WriteAsync(v, 0, a);
+            await v.FlushAsync(None);
+            await WriteAsync(v, 0, Pattern(0, 2));
+            for (long block = 3000; block < 3000 + 400; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            await WriteAsync(v, 5000 * Chunk, a);
+            await v.FlushAsync(None);
+            Assert.Equal(a, await ReadAsync(v, 5000 * Chunk, Chunk));
+            // New chunks take freed ids first: block 5000 must keep reading A.
+            for (long block = 6000; block < 6000 + 600; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            await v.FlushAsync(None);
+            Assert.Equal(a, await ReadAsync(v, 5000 * Chunk, Chunk));
+            Assert.Equal(Pattern(0, 2), await ReadAsync(v, 0, Chunk));
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            Assert.Equal(a, await ReadAsync(v, 5000 * Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
     public async Task RandomOverwritesWithRepeatedContentsReadBackAndCheckClean()
     {
         // 600 contents over 2048 blocks, rounds of 700 random writes (several destage batches per
