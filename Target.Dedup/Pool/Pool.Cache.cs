@@ -89,6 +89,11 @@ public sealed partial class Pool
     private readonly Fingerprint[] _batchFp = new Fingerprint[MaxBatchBlocks];
     private readonly uint[] _batchValue = new uint[MaxBatchBlocks];
     private readonly int[] _batchNewIndex = new int[MaxBatchBlocks];
+    /// <summary>The first page of the batch holding each new chunk.</summary>
+    private readonly int[] _batchFirstOfNew = new int[MaxBatchBlocks];
+    /// <summary>The batch being built, and whether it is decided from its cache pages (else from copies in its data area).</summary>
+    private DestageSlot? _buildSlot;
+    private bool _buildFromPages;
     private readonly uint[] _candidateIds = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly uint[] _candidateLocations = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly uint[] _candidateCrcs = new uint[MaxBatchBlocks * MaxCandidates];
@@ -491,7 +496,6 @@ public sealed partial class Pool
                     continue;
                 }
                 _cache.TakeForBatch(page);
-                _cache.Data(page).CopyTo(dataArea.Slice(count * ChunkBytes, ChunkBytes));
                 slot.OldIds[count] = owner.Map.Get(WriteCache.BlockOf(pageKey));
                 slot.Page[count] = page;
                 slot.Key[count] = pageKey;
@@ -509,10 +513,102 @@ public sealed partial class Pool
             }
         }
 
+        // Decided straight from the cache pages: a duplicate page is never copied. A page in a batch
+        // stays put until the batch lands, but a host write may change it meanwhile (every write
+        // into a page marks it dirty in the same lock hold, which turns an InFlight page
+        // InFlightDirty). So once decided, under the lock: if no page changed, the new chunks are
+        // copied into the batch in that same hold; if one did, every page is copied under the lock
+        // and the batch decided again from the copies (rare: a block rewritten during its destage).
+        _buildFromPages = true;
+        _buildSlot = slot;
+        int newCount = DecideBatch(count);
+        _options.AfterBatchDecidedFromPages?.Invoke();
+        slot.Buffer.Slice(0, MaxHeaderBlocks * ChunkBytes).Clear();
+        var writer = new RecordWriter(slot.Buffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
+        uint[] newIds = slot.NewIds;
+        while (true)
+        {
+            lock (_sync)
+            {
+                bool changed = false;
+                for (int i = 0; i < count && _buildFromPages && !changed; i++) changed = _cache.State(slot.Page[i]) != PageState.InFlight;
+                if (!changed)
+                {
+                    for (int n = 0; n < newCount; n++) newIds[n] = _state.Chunks.Allocate();
+                    // Counted only now: within one batch every reference is added before any is dropped,
+                    // so this batch's own drops never endanger a chunk it shares (a block rewritten with the
+                    // bytes it holds shares its own chunk).
+                    for (int i = 0; i < count; i++)
+                    {
+                        uint old = slot.OldIds[i];
+                        if (old >= ChunkTable.FirstChunkId) CollectionsMarshal.GetValueRefOrAddDefault(_pendingDrops, old, out _)++;
+                    }
+                    slot.DropsCounted = true;
+                    // The new chunks' bytes, packed in order right after the header.
+                    if (_buildFromPages)
+                    {
+                        for (int i = 0; i < count; i++)
+                            if (_batchNewIndex[i] >= 0 && _batchFirstOfNew[_batchNewIndex[i]] == i)
+                                _cache.Data(slot.Page[i]).CopyTo(dataArea.Slice(_batchNewIndex[i] * ChunkBytes, ChunkBytes));
+                    }
+                    break;
+                }
+                for (int i = 0; i < count; i++) _cache.Data(slot.Page[i]).CopyTo(dataArea.Slice(i * ChunkBytes, ChunkBytes));
+            }
+            _buildFromPages = false;
+            newCount = DecideBatch(count);
+        }
+        if (!_buildFromPages)
+        {
+            // Decided from copies in page order: pack the new chunks (each moves down, never up).
+            for (int i = 0; i < count; i++)
+            {
+                int n = _batchNewIndex[i];
+                if (n >= 0 && _batchFirstOfNew[n] == i && n != i)
+                    dataArea.Slice(i * ChunkBytes, ChunkBytes).CopyTo(dataArea.Slice(n * ChunkBytes, ChunkBytes));
+            }
+        }
+        slot.NewCount = newCount;
+        uint dataCrc = 0;
+        for (int n = 0; n < newCount; n++)
+        {
+            int i = _batchFirstOfNew[n];
+            uint chunkCrc = Crc32C.Compute(dataArea.Slice(n * ChunkBytes, ChunkBytes));
+            dataCrc = n == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, s_chunkCrcShift);
+            writer.NewChunk(newIds[n], n, chunkCrc, _batchFp[i]);
+            _groupNew[slotIndex / MaxGroupBatches].TryAdd(_batchFp[i].Low, (slotIndex, n));
+        }
+        for (int i = 0; i < count; i++)
+        {
+            if (_batchNewIndex[i] >= 0) _batchValue[i] = newIds[_batchNewIndex[i]];
+            writer.Map(WriteCache.VolumeOf(slot.Key[i]), WriteCache.BlockOf(slot.Key[i]), _batchValue[i]);
+        }
+        slot.Packed = newCount;
+        slot.DataCrc = dataCrc;
+        slot.RecordBytes = writer.Length;
+        _buildSlot = null;
+        return true;
+    }
+
+    /// <summary>
+    /// Page i of the batch being built: its cache page while deciding from the pages, else its
+    /// copy at position i of the batch's data area.
+    /// </summary>
+    private ReadOnlySpan<byte> BuildData(int i) =>
+        _buildFromPages ? _cache.Data(_buildSlot!.Page[i]) : _buildSlot!.DataArea.Slice(i * ChunkBytes, ChunkBytes);
+
+    /// <summary>
+    /// Fingerprints the batch's pages, finds and verifies their dedup candidates and decides each
+    /// page: zero, a stored chunk, a new chunk of an earlier batch in flight, or a new chunk of this
+    /// batch (_batchNewIndex, numbered in page order; _batchFirstOfNew: the first page holding
+    /// each). The number of new chunks.
+    /// </summary>
+    private int DecideBatch(int count)
+    {
         // Fingerprints, outside the lock.
         for (int i = 0; i < count; i++)
         {
-            ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
+            ReadOnlySpan<byte> data = BuildData(i);
             if (IsAllZero(data)) { _batchValue[i] = ChunkTable.ZeroId; continue; }
             _batchValue[i] = ChunkTable.HoleId; // undecided
             _batchFp[i] = _fingerprinter.Compute(data);
@@ -543,7 +639,7 @@ public sealed partial class Pool
             }
         }
 
-        PrefetchCandidates(count, dataArea);
+        PrefetchCandidates(count);
 
         // Verify candidates byte for byte (a fingerprint match alone never shares a chunk), then decide.
         _batchLocal.Clear();
@@ -552,7 +648,7 @@ public sealed partial class Pool
         {
             _batchNewIndex[i] = -1;
             if (_batchValue[i] == ChunkTable.ZeroId) continue;
-            ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
+            ReadOnlySpan<byte> data = BuildData(i);
             if (_cachedVerdict[i] == 1 || (_prefetchAt[i] >= 0 && PrefetchedEquals(i, data))) _batchValue[i] = _candidateIds[i * MaxCandidates];
             bool firstChecked = _cachedVerdict[i] != 0 || _prefetchAt[i] >= 0;
             for (int k = firstChecked ? 1 : 0; k < _candidateCount[i] && _batchValue[i] == ChunkTable.HoleId; k++)
@@ -566,72 +662,31 @@ public sealed partial class Pool
                 _batchValue[i] = inFlightId;
                 continue;
             }
-            int same = _batchLocal.TryGetValue(_batchFp[i].Low, out int first) ? FindEqualInBatch(first, i, dataArea) : -1;
+            int same = _batchLocal.TryGetValue(_batchFp[i].Low, out int first) ? FindEqualInBatch(first, i) : -1;
             if (same >= 0)
             {
                 _batchNewIndex[i] = _batchNewIndex[same];
                 continue;
             }
+            _batchFirstOfNew[newCount] = i;
             _batchNewIndex[i] = newCount++;
             _batchLocal.TryAdd(_batchFp[i].Low, i);
         }
-
-        // Records, new chunk ids, and the new chunks' data packed right after the header.
-        slot.Buffer.Slice(0, MaxHeaderBlocks * ChunkBytes).Clear();
-        var writer = new RecordWriter(slot.Buffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
-        uint[] newIds = slot.NewIds;
-        lock (_sync)
-        {
-            for (int n = 0; n < newCount; n++) newIds[n] = _state.Chunks.Allocate();
-            // Counted only now: within one batch every reference is added before any is dropped,
-            // so this batch's own drops never endanger a chunk it shares (a block rewritten with the
-            // bytes it holds shares its own chunk).
-            for (int i = 0; i < count; i++)
-            {
-                uint old = slot.OldIds[i];
-                if (old >= ChunkTable.FirstChunkId) CollectionsMarshal.GetValueRefOrAddDefault(_pendingDrops, old, out _)++;
-            }
-            slot.DropsCounted = true;
-        }
-        slot.NewCount = newCount;
-        int packed = 0;
-        uint dataCrc = 0;
-        for (int i = 0; i < count; i++)
-        {
-            int n = _batchNewIndex[i];
-            if (n < 0) continue;
-            _batchValue[i] = newIds[n];
-            if (n == packed)
-            {
-                ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
-                if (i != packed) data.CopyTo(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
-                uint chunkCrc = Crc32C.Compute(dataArea.Slice(packed * ChunkBytes, ChunkBytes));
-                dataCrc = packed == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, s_chunkCrcShift);
-                writer.NewChunk(newIds[n], packed, chunkCrc, _batchFp[i]);
-                _groupNew[slotIndex / MaxGroupBatches].TryAdd(_batchFp[i].Low, (slotIndex, packed));
-                packed++;
-            }
-        }
-        for (int i = 0; i < count; i++)
-            writer.Map(WriteCache.VolumeOf(slot.Key[i]), WriteCache.BlockOf(slot.Key[i]), _batchValue[i]);
-        slot.Packed = packed;
-        slot.DataCrc = dataCrc;
-        slot.RecordBytes = writer.Length;
-        return true;
+        return newCount;
     }
 
     /// <summary>
     /// A new chunk of this batch, from <paramref name="first"/> (the first with chunk i's 64-bit prefix) on,
     /// holding chunk i's bytes; -1 if none. Only chunks whose prefixes collide get past the first comparison.
     /// </summary>
-    private int FindEqualInBatch(int first, int i, Span<byte> dataArea)
+    private int FindEqualInBatch(int first, int i)
     {
-        ReadOnlySpan<byte> data = dataArea.Slice(i * ChunkBytes, ChunkBytes);
+        ReadOnlySpan<byte> data = BuildData(i);
         ulong prefix = _batchFp[i].Low;
         for (int j = first; j < i; j++)
         {
             if (_batchNewIndex[j] < 0 || _batchFp[j].Low != prefix) continue;
-            if (data.SequenceEqual(dataArea.Slice(j * ChunkBytes, ChunkBytes))) return j;
+            if (data.SequenceEqual(BuildData(j))) return j;
         }
         return -1;
     }
@@ -645,7 +700,7 @@ public sealed partial class Pool
     /// (a second copy of an image) verifies 256 chunks with a few large reads instead of 256
     /// random 4 KiB ones. _prefetchAt[i] is the block in _prefetchBuffer, or -1.
     /// </summary>
-    private void PrefetchCandidates(int count, Span<byte> dataArea)
+    private void PrefetchCandidates(int count)
     {
         int wanted = 0;
         lock (_sync)
@@ -657,7 +712,7 @@ public sealed partial class Pool
                 if (_candidateCount[i] == 0) continue;
                 // In the read cache: compare there and then, in place, all in this one hold of the
                 // lock (one lock per chunk collided with writers copying whole requests under it).
-                if (_chunkCache.TryCompare(_candidateIds[i * MaxCandidates], dataArea.Slice(i * ChunkBytes, ChunkBytes), out bool equal))
+                if (_chunkCache.TryCompare(_candidateIds[i * MaxCandidates], BuildData(i), out bool equal))
                 {
                     _cachedVerdict[i] = equal ? (byte)1 : (byte)2;
                     continue;

@@ -47,6 +47,9 @@ public sealed record PoolOptions
 
     /// <summary>Test seam: wraps each opened back-end device (fault injection).</summary>
     internal Func<Device.IBlockDevice, Device.IBlockDevice>? DeviceDecorator { get; init; }
+
+    /// <summary>Test seam: called on the destage thread once a batch was decided from its cache pages, before they are checked for host writes and copied.</summary>
+    internal Action? AfterBatchDecidedFromPages { get; init; }
 }
 
 /// <summary>The seam for write-back mirroring: the pool calls it with each dirty page before the write is acknowledged.</summary>

@@ -104,6 +104,52 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
         await AssertCleanAsync(dir.Path, output);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task APageWrittenWhileItsBatchIsDecidedIsStoredAsWritten(bool aDuplicate)
+    {
+        // The destager decides a batch straight from the cache pages. A host write into a page of
+        // the batch after it was decided (block 0: A, stored elsewhere already or not, becomes B)
+        // must not leave A's decision with B's bytes: the batch is decided again from copies.
+        // The pool check recomputes every stored chunk's fingerprint.
+        using var dir = new TempPoolDir();
+        byte[] a = Pattern(77, 3), b = Pattern(78, 3);
+        Volume? target = null;
+        int hooked = 0;
+        PoolOptions options = Options(dir.Path, cachePages: 4096) with
+        {
+            DirtyAgeMaxMs = 600_000,
+            AfterBatchDecidedFromPages = () =>
+            {
+                if (target != null && Interlocked.Exchange(ref hooked, 1) == 0)
+                    WriteAsync(target, 0, b).GetAwaiter().GetResult();
+            },
+        };
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 64 << 20, 512, None);
+            if (aDuplicate)
+            {
+                await WriteAsync(v, 1000 * Chunk, a);
+                await v.FlushAsync(None);
+            }
+            await WriteAsync(v, 0, a);
+            for (long block = 1; block < 300; block++) await WriteAsync(v, block * Chunk, Pattern(block, 3));
+            target = v;
+            await v.FlushAsync(None);
+            Assert.Equal(1, hooked);
+            Assert.Equal(b, await ReadAsync(v, 0, Chunk));
+        }
+        await using (Pool pool = Pool.Open(options with { AfterBatchDecidedFromPages = null }))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            Assert.Equal(b, await ReadAsync(v, 0, Chunk));
+            if (aDuplicate) Assert.Equal(a, await ReadAsync(v, 1000 * Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
     [Fact]
     public async Task AChunkNewInAnEarlierTurnIsNotSharedWhileABatchAheadDropsIt()
     {
