@@ -3,6 +3,7 @@
 // Invariants: a live chunk has RefCount > 0; a free id has RefCount == 0 and sits on the free
 // list (linked through Location); ids below HighWater are either live or free.
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace Target.Dedup.Index;
 
@@ -38,6 +39,12 @@ public sealed unsafe class ChunkTable : IDisposable
     public long LiveCount { get; private set; }
 
     public long RamBytes => (long)_pageCount * PageEntries * sizeof(ChunkEntry);
+
+    /// <summary>A hint: starts loading id's entry into the CPU cache (ids out of range are ignored).</summary>
+    public void Prefetch(uint id)
+    {
+        if (id >= FirstChunkId && id < HighWater && Sse.IsSupported) Sse.Prefetch0(&_pages[id >> PageShift][id & (PageEntries - 1)]);
+    }
 
     public ref ChunkEntry this[uint id]
     {

@@ -9,6 +9,7 @@
 // distance is the slot's offset from its home bucket (255 means "255 or more": the home is then
 // looked up in the chunk table), so a deletion shifts a cluster without touching the chunk table.
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace Target.Dedup.Index;
 
@@ -42,6 +43,12 @@ public sealed unsafe class DedupIndex : IDisposable
 
     private const uint TagMask = 0xFFFF_FF00;
     private const uint DistanceSaturated = 0xFF;
+
+    /// <summary>A hint: starts loading the home slot of a fingerprint's 32 high bits (FpHigh) into the CPU cache.</summary>
+    public void PrefetchHome(uint fpHigh)
+    {
+        if (Sse.IsSupported) Sse.Prefetch0(_slots + Home(fpHigh, _capacity));
+    }
 
     /// <summary>Writes up to dest.Length candidate ids whose FpHigh and tag equal fp64's; returns how many.</summary>
     public int FindCandidates(ulong fp64, Span<uint> dest)

@@ -612,6 +612,8 @@ public sealed partial class Pool
             if (IsAllZero(data)) { _batchValue[i] = ChunkTable.ZeroId; continue; }
             _batchValue[i] = ChunkTable.HoleId; // undecided
             _batchFp[i] = _fingerprinter.Compute(data);
+            // A hint for the candidate lookup below (the index only grows under the commit mutex, which we hold).
+            _state.Index.PrefetchHome(DedupIndex.HighOf(_batchFp[i].Low));
         }
 
         // Index candidates, under the lock (the index changes only under the commit mutex we hold,
