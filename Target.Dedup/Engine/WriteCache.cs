@@ -6,8 +6,38 @@
 // has exactly one live entry in the queue (matching its ticket).
 using System.Runtime.InteropServices;
 using Target.Dedup.Device;
+using Target.Dedup.Hashing;
 
 namespace Target.Dedup.Engine;
+
+internal enum DigestKind : byte
+{
+    /// <summary>Not known (a partial write changed the page): the destager computes it.</summary>
+    None = 0,
+    Data = 1,
+    /// <summary>All bytes zero (no fingerprint or CRC).</summary>
+    Zero = 2,
+}
+
+/// <summary>
+/// What the destager needs of a page's bytes, computed by the writer from its source while the
+/// bytes are hot in the CPU cache (a whole-chunk write), so destage does not read a page back
+/// from memory just to fingerprint it.
+/// </summary>
+internal readonly struct PageDigest(DigestKind kind, Fingerprint fingerprint, uint crc)
+{
+    public static readonly PageDigest None = default;
+
+    public readonly DigestKind Kind = kind;
+    public readonly Fingerprint Fingerprint = fingerprint;
+    /// <summary>CRC-32C of the page's 4 KiB.</summary>
+    public readonly uint Crc = crc;
+
+    public static PageDigest Of(ReadOnlySpan<byte> chunk, IFingerprinter fingerprinter) =>
+        !chunk.ContainsAnyExcept((byte)0)
+            ? new PageDigest(DigestKind.Zero, default, 0)
+            : new PageDigest(DigestKind.Data, fingerprinter.Compute(chunk), Crc32C.Compute(chunk));
+}
 
 internal enum PageState : byte
 {
@@ -29,6 +59,7 @@ internal sealed unsafe class WriteCache : IDisposable
     private readonly PageState[] _state;
     private readonly long[] _ticket;
     private readonly long[] _dirtySinceMs;
+    private readonly PageDigest[] _digest;
     private readonly int[] _freeStack;
     private int _freeCount;
     private readonly Dictionary<long, int> _byKey;
@@ -44,6 +75,7 @@ internal sealed unsafe class WriteCache : IDisposable
         _state = new PageState[pages];
         _ticket = new long[pages];
         _dirtySinceMs = new long[pages];
+        _digest = new PageDigest[pages];
         _freeStack = new int[pages];
         for (int i = 0; i < pages; i++) _freeStack[i] = pages - 1 - i;
         _freeCount = pages;
@@ -78,6 +110,9 @@ internal sealed unsafe class WriteCache : IDisposable
 
     public long Ticket(int page) => _ticket[page];
 
+    /// <summary>The digest given with the page's last write (None after a partial write).</summary>
+    public ref readonly PageDigest Digest(int page) => ref _digest[page];
+
     public bool TryFind(long key, out int page) => _byKey.TryGetValue(key, out page);
 
     public bool HasFreePage => _freeCount > 0;
@@ -93,9 +128,14 @@ internal sealed unsafe class WriteCache : IDisposable
         return page;
     }
 
-    /// <summary>Records that the page was written; queues it unless it already waits in the queue.</summary>
-    public void MarkDirty(int page, long nowMs, bool isNew)
+    /// <summary>
+    /// Records that the page was written (in the same lock hold as the write), with the digest of
+    /// its bytes now (PageDigest.None if the caller does not know them all); queues it unless it
+    /// already waits in the queue.
+    /// </summary>
+    public void MarkDirty(int page, long nowMs, bool isNew, in PageDigest digest)
     {
+        _digest[page] = digest;
         PageState s = _state[page];
         if (!isNew && (s == PageState.Dirty || s == PageState.InFlightDirty)) return;
         _state[page] = isNew || s == PageState.Dirty ? PageState.Dirty : PageState.InFlightDirty;
@@ -153,7 +193,7 @@ internal sealed unsafe class WriteCache : IDisposable
     /// <summary>A batch failed: its pages go back to the queue.</summary>
     public void Requeue(int page, long nowMs)
     {
-        if (_state[page] == PageState.InFlight) MarkDirty(page, nowMs, isNew: true);
+        if (_state[page] == PageState.InFlight) MarkDirty(page, nowMs, isNew: true, _digest[page]);
         else if (_state[page] == PageState.InFlightDirty) _state[page] = PageState.Dirty;
     }
 

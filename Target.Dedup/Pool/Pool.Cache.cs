@@ -53,6 +53,8 @@ public sealed partial class Pool
         public readonly int[] Page = new int[MaxBatchBlocks];
         public readonly long[] Key = new long[MaxBatchBlocks];
         public readonly long[] Ticket = new long[MaxBatchBlocks];
+        /// <summary>Each page's digest when taken (used only while the batch is decided from the pages).</summary>
+        public readonly PageDigest[] Digest = new PageDigest[MaxBatchBlocks];
         public readonly uint[] NewIds = new uint[MaxBatchBlocks];
         /// <summary>What each page's block mapped to when the batch was built: the reference its Map record drops.</summary>
         public readonly uint[] OldIds = new uint[MaxBatchBlocks];
@@ -500,6 +502,7 @@ public sealed partial class Pool
                 slot.Page[count] = page;
                 slot.Key[count] = pageKey;
                 slot.Ticket[count] = ticket;
+                slot.Digest[count] = _cache.Digest(page);
                 lastTicket = ticket;
                 count++;
             }
@@ -573,7 +576,7 @@ public sealed partial class Pool
         for (int n = 0; n < newCount; n++)
         {
             int i = _batchFirstOfNew[n];
-            uint chunkCrc = Crc32C.Compute(dataArea.Slice(n * ChunkBytes, ChunkBytes));
+            uint chunkCrc = _buildFromPages && slot.Digest[i].Kind == DigestKind.Data ? slot.Digest[i].Crc : Crc32C.Compute(dataArea.Slice(n * ChunkBytes, ChunkBytes));
             dataCrc = n == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, s_chunkCrcShift);
             writer.NewChunk(newIds[n], n, chunkCrc, _batchFp[i]);
             _groupNew[slotIndex / MaxGroupBatches].TryAdd(_batchFp[i].Low, (slotIndex, n));
@@ -605,13 +608,14 @@ public sealed partial class Pool
     /// </summary>
     private int DecideBatch(int count)
     {
-        // Fingerprints, outside the lock.
+        // Fingerprints, outside the lock: the writer's digest while deciding from the pages (a page
+        // written since it was taken fails the check after the decision anyway), else computed.
         for (int i = 0; i < count; i++)
         {
-            ReadOnlySpan<byte> data = BuildData(i);
-            if (IsAllZero(data)) { _batchValue[i] = ChunkTable.ZeroId; continue; }
+            DigestKind known = _buildFromPages ? _buildSlot!.Digest[i].Kind : DigestKind.None;
+            if (known == DigestKind.Zero || (known == DigestKind.None && IsAllZero(BuildData(i)))) { _batchValue[i] = ChunkTable.ZeroId; continue; }
             _batchValue[i] = ChunkTable.HoleId; // undecided
-            _batchFp[i] = _fingerprinter.Compute(data);
+            _batchFp[i] = known == DigestKind.Data ? _buildSlot!.Digest[i].Fingerprint : _fingerprinter.Compute(BuildData(i));
             // A hint for the candidate lookup below (the index only grows under the commit mutex, which we hold).
             _state.Index.PrefetchHome(DedupIndex.HighOf(_batchFp[i].Low));
         }

@@ -308,14 +308,18 @@ public sealed partial class Pool : IRingReadClient
         // One lock acquisition per up to 64 chunks that need no wait (not one per chunk: a 1 MiB
         // write would otherwise take the pool lock 256 times against the destager; not all of a
         // large write either, so readers and the destager wait at most a 256 KiB copy).
+        // Each hold's whole chunks are fingerprinted first, outside the lock and while the bytes
+        // are hot (the destager would read them back from memory to do it).
         bool stuck = false;
+        Span<PageDigest> digests = stackalloc PageDigest[ChunksPerLockHold];
         while (done < source.Length && !stuck)
         {
+            int planned = DigestPieces(offset + done, source.Span[done..], digests);
             lock (_sync)
             {
-                for (int n = 0; n < ChunksPerLockHold && done < source.Length; n++)
+                for (int n = 0; n < planned; n++)
                 {
-                    if (TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager)) continue;
+                    if (TryPutFastLocked(volume, offset + done, source.Span[done..], digests[n], ref done, ref lastTicket, ref wakeDestager)) continue;
                     stuck = true;
                     break;
                 }
@@ -324,6 +328,22 @@ public sealed partial class Pool : IRingReadClient
         if (wakeDestager) _destageWake.Set();
         if (done < source.Length) return WriteSlowAsync(volume, offset, source, done, lastTicket, flags, ct);
         return FinishWrite(volume, offset, source, lastTicket, flags, ct);
+    }
+
+    /// <summary>
+    /// Digests of the chunk pieces of <paramref name="source"/> (at volume byte <paramref name="position"/>),
+    /// as many as fit in <paramref name="digests"/>: whole chunks get theirs, partial pieces None. Returns the pieces covered.
+    /// </summary>
+    private int DigestPieces(long position, ReadOnlySpan<byte> source, Span<PageDigest> digests)
+    {
+        int pieces = 0, at = 0;
+        while (pieces < digests.Length && at < source.Length)
+        {
+            int n = Math.Min(ChunkBytes - (int)((position + at) % ChunkBytes), source.Length - at);
+            digests[pieces++] = n == ChunkBytes ? PageDigest.Of(source.Slice(at, n), _fingerprinter) : PageDigest.None;
+            at += n;
+        }
+        return pieces;
     }
 
     private ValueTask FinishWrite(Volume volume, long offset, ReadOnlyMemory<byte> source, long lastTicket, WriteFlags flags, CancellationToken ct)
@@ -340,10 +360,12 @@ public sealed partial class Pool : IRingReadClient
         while (done < source.Length)
         {
             bool wakeDestager = false, stored;
-            lock (_sync) stored = TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager);
+            PageDigest digest = default;
+            DigestPieces(offset + done, source.Span[done..], new Span<PageDigest>(ref digest));
+            lock (_sync) stored = TryPutFastLocked(volume, offset + done, source.Span[done..], digest, ref done, ref lastTicket, ref wakeDestager);
             if (wakeDestager) _destageWake.Set();
             if (stored) continue;
-            await PutSlowAsync(volume, offset + done, source[done..], ct).ConfigureAwait(false);
+            await PutSlowAsync(volume, offset + done, source[done..], digest, ct).ConfigureAwait(false);
             // PutSlowAsync stored exactly one chunk piece; account for it.
             long position = offset + done;
             int n = Math.Min(ChunkBytes - (int)(position % ChunkBytes), source.Length - done);
@@ -359,7 +381,7 @@ public sealed partial class Pool : IRingReadClient
     /// Caller holds the pool lock; <paramref name="wakeDestager"/> is set when the queue passed
     /// the high watermark (the caller wakes the destager after releasing the lock).
     /// </summary>
-    private bool TryPutFastLocked(Volume volume, long position, ReadOnlySpan<byte> source, ref int done, ref long lastTicket, ref bool wakeDestager)
+    private bool TryPutFastLocked(Volume volume, long position, ReadOnlySpan<byte> source, in PageDigest digest, ref int done, ref long lastTicket, ref bool wakeDestager)
     {
         long block = position / ChunkBytes;
         int inChunk = (int)(position % ChunkBytes);
@@ -368,7 +390,7 @@ public sealed partial class Pool : IRingReadClient
         if (_cache.TryFind(key, out int page))
         {
             source[..n].CopyTo(_cache.Data(page)[inChunk..]);
-            _cache.MarkDirty(page, NowMs(), isNew: false);
+            _cache.MarkDirty(page, NowMs(), isNew: false, n == ChunkBytes ? digest : PageDigest.None);
         }
         else
         {
@@ -376,7 +398,7 @@ public sealed partial class Pool : IRingReadClient
             if (!TryReserveForPageLocked()) return false;
             page = _cache.Add(key);
             source[..n].CopyTo(_cache.Data(page));
-            _cache.MarkDirty(page, NowMs(), isNew: true);
+            _cache.MarkDirty(page, NowMs(), isNew: true, digest);
             volume.PageEnteredCache();
             if (_cache.QueuedPages >= HighWatermarkPages) wakeDestager = true;
         }
@@ -386,7 +408,8 @@ public sealed partial class Pool : IRingReadClient
     }
 
     /// <summary>The slow path for one chunk piece: waits for a free page, reads the old chunk for a partial write.</summary>
-    private async ValueTask PutSlowAsync(Volume volume, long position, ReadOnlyMemory<byte> source, CancellationToken ct)
+    /// <param name="digest">The piece's digest if it is a whole chunk (else None).</param>
+    private async ValueTask PutSlowAsync(Volume volume, long position, ReadOnlyMemory<byte> source, PageDigest digest, CancellationToken ct)
     {
         long block = position / ChunkBytes;
         int inChunk = (int)(position % ChunkBytes);
@@ -422,7 +445,7 @@ public sealed partial class Pool : IRingReadClient
                 if (_cache.TryFind(key, out int page))
                 {
                     source.Span[..n].CopyTo(_cache.Data(page)[inChunk..]);
-                    _cache.MarkDirty(page, NowMs(), isNew: false);
+                    _cache.MarkDirty(page, NowMs(), isNew: false, partial ? PageDigest.None : digest);
                     return;
                 }
                 if (!_cache.HasFreePage) continue;
@@ -433,7 +456,7 @@ public sealed partial class Pool : IRingReadClient
                     Span<byte> data = _cache.Data(page);
                     if (partial) old.CopyTo(data);
                     source.Span[..n].CopyTo(data[inChunk..]);
-                    _cache.MarkDirty(page, NowMs(), isNew: true);
+                    _cache.MarkDirty(page, NowMs(), isNew: true, partial ? PageDigest.None : digest);
                     volume.PageEnteredCache();
                     if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
                     return;
@@ -584,7 +607,8 @@ public sealed partial class Pool : IRingReadClient
                         int done = 0;
                         while (done < source.Length)
                         {
-                            if (!TryPutFastLocked(volume, offset + done, source.Span[done..], ref done, ref lastTicket, ref wakeDestager))
+                            // No digest: the destager fingerprints these pages itself (compare-and-write is rare).
+                            if (!TryPutFastLocked(volume, offset + done, source.Span[done..], PageDigest.None, ref done, ref lastTicket, ref wakeDestager))
                             {
                                 // A partial chunk not in the cache: its old bytes are in `current`.
                                 long position = offset + done;
@@ -600,7 +624,7 @@ public sealed partial class Pool : IRingReadClient
                                 Span<byte> data = _cache.Data(page);
                                 oldChunk.CopyTo(data);
                                 source.Span.Slice(done, n).CopyTo(data[inChunk..]);
-                                _cache.MarkDirty(page, NowMs(), isNew: true);
+                                _cache.MarkDirty(page, NowMs(), isNew: true, PageDigest.None);
                                 volume.PageEnteredCache();
                                 lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
                                 done += n;

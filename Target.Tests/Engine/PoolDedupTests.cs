@@ -104,6 +104,35 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
         await AssertCleanAsync(dir.Path, output);
     }
 
+    [Fact]
+    public async Task APartialWriteOverAWholeChunkWriteIsFingerprintedAsMerged()
+    {
+        // Whole-chunk writes hand the destager their fingerprint and CRC; a later partial write
+        // into the same cached page must drop them (block 0), and a whole chunk of zeros is
+        // stored as zeros (block 1). The pool check recomputes every stored chunk's fingerprint.
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path);
+        byte[] merged = Pattern(5, 4);
+        byte[] patch = Enumerable.Repeat((byte)0xEE, 512).ToArray();
+        patch.CopyTo(merged, 1024);
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 64 << 20, 512, None);
+            await WriteAsync(v, 0, Pattern(5, 4));
+            await WriteAsync(v, 1024, patch);
+            await WriteAsync(v, Chunk, new byte[Chunk]);
+            await v.FlushAsync(None);
+            Assert.Equal(merged, await ReadAsync(v, 0, Chunk));
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            Assert.Equal(merged, await ReadAsync(v, 0, Chunk));
+            Assert.Equal(new byte[Chunk], await ReadAsync(v, Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
