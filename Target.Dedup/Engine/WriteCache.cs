@@ -34,7 +34,7 @@ internal readonly struct PageDigest(DigestKind kind, Fingerprint fingerprint, ui
     public readonly uint Crc = crc;
 
     public static PageDigest Of(ReadOnlySpan<byte> chunk, IFingerprinter fingerprinter) =>
-        !chunk.ContainsAnyExcept((byte)0)
+        Pool.IsAllZero(chunk)
             ? new PageDigest(DigestKind.Zero, default, 0)
             : new PageDigest(DigestKind.Data, fingerprinter.Compute(chunk), Crc32C.Compute(chunk));
 }

@@ -78,30 +78,8 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
         // X when block 1 is deduplicated. Sharing X there would map block 1 to a freed id, which
         // the next new chunk takes: block 1 would read someone else's data.
         using var dir = new TempPoolDir();
-        PoolOptions options = Options(dir.Path);
-        byte[] a = Pattern(1000, 1);
-        await using (Pool pool = Pool.Open(options))
-        {
-            Volume v = await pool.CreateVolumeAsync("v", 64 << 20, 512, None);
-            await WriteAsync(v, 0, a);
-            await v.FlushAsync(None);
-            await WriteAsync(v, 0, Pattern(0, 2));
-            for (long block = 10; block < 10 + 300; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
-            await WriteAsync(v, 1 * Chunk, a);
-            await v.FlushAsync(None);
-            Assert.Equal(a, await ReadAsync(v, 1 * Chunk, Chunk));
-            // New chunks take freed ids first: block 1 must keep reading A.
-            for (long block = 400; block < 400 + 600; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
-            await v.FlushAsync(None);
-            Assert.Equal(a, await ReadAsync(v, 1 * Chunk, Chunk));
-            Assert.Equal(Pattern(0, 2), await ReadAsync(v, 0, Chunk));
-        }
-        await using (Pool pool = Pool.Open(options))
-        {
-            pool.TryGetVolume("v", out Volume v);
-            Assert.Equal(a, await ReadAsync(v, 1 * Chunk, Chunk));
-        }
-        await AssertCleanAsync(dir.Path, output);
+        await OverwriteTheOnlyHolderThenWriteItsBytesElsewhereAsync(dir.Path, Options(dir.Path), Pattern(1000, 1),
+            fillBefore: (0, 0), fillBetween: (10, 300), target: 1);
     }
 
     [Fact]
@@ -189,30 +167,43 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
         // new in flight must not offer it either, or block 5000 maps a freed id.
         using var dir = new TempPoolDir();
         PoolOptions options = Options(dir.Path, segments: 32, cachePages: 8192) with { DirtyAgeMaxMs = 600_000 };
-        byte[] a = Pattern(1000, 9); // no other block holds these bytes
+        await OverwriteTheOnlyHolderThenWriteItsBytesElsewhereAsync(dir.Path, options, Pattern(1000, 9), // no other block holds these bytes
+            fillBefore: (10, 2048), fillBetween: (3000, 400), target: 5000);
+    }
+
+    /// <summary>
+    /// Block 0 gets <paramref name="a"/> (after <paramref name="fillBefore"/>'s unique blocks) and a
+    /// flush, so it is A's only holder; then block 0 is overwritten, <paramref name="fillBetween"/>'s
+    /// unique blocks put a batch boundary in between, and block <paramref name="target"/> gets A.
+    /// Block target must read A after a flush, after 600 new chunks took the freed ids first, and
+    /// after reopening; block 0 its new bytes; the pool checks clean.
+    /// </summary>
+    private async Task OverwriteTheOnlyHolderThenWriteItsBytesElsewhereAsync(string directory, PoolOptions options, byte[] a,
+        (long First, int Count) fillBefore, (long First, int Count) fillBetween, long target)
+    {
         await using (Pool pool = Pool.Open(options))
         {
             Volume v = await pool.CreateVolumeAsync("v", 64 << 20, 512, None);
-            for (long block = 10; block < 10 + 2048; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            for (long block = fillBefore.First; block < fillBefore.First + fillBefore.Count; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
             await WriteAsync(v, 0, a);
             await v.FlushAsync(None);
             await WriteAsync(v, 0, Pattern(0, 2));
-            for (long block = 3000; block < 3000 + 400; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
-            await WriteAsync(v, 5000 * Chunk, a);
+            for (long block = fillBetween.First; block < fillBetween.First + fillBetween.Count; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            await WriteAsync(v, target * Chunk, a);
             await v.FlushAsync(None);
-            Assert.Equal(a, await ReadAsync(v, 5000 * Chunk, Chunk));
-            // New chunks take freed ids first: block 5000 must keep reading A.
+            Assert.Equal(a, await ReadAsync(v, target * Chunk, Chunk));
+            // New chunks take freed ids first: block target must keep reading A.
             for (long block = 6000; block < 6000 + 600; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
             await v.FlushAsync(None);
-            Assert.Equal(a, await ReadAsync(v, 5000 * Chunk, Chunk));
+            Assert.Equal(a, await ReadAsync(v, target * Chunk, Chunk));
             Assert.Equal(Pattern(0, 2), await ReadAsync(v, 0, Chunk));
         }
         await using (Pool pool = Pool.Open(options))
         {
             pool.TryGetVolume("v", out Volume v);
-            Assert.Equal(a, await ReadAsync(v, 5000 * Chunk, Chunk));
+            Assert.Equal(a, await ReadAsync(v, target * Chunk, Chunk));
         }
-        await AssertCleanAsync(dir.Path, output);
+        await AssertCleanAsync(directory, output);
     }
 
     [Fact]
