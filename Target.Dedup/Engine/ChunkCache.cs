@@ -1,7 +1,9 @@
 // A read cache of clean stored chunks, keyed by chunk id (so a chunk shared by many blocks or
 // volumes is cached once). CLOCK replacement over one native slab. Called with the pool lock
 // held. Invariant: an entry's bytes are the chunk's stored bytes; an id leaves the cache when
-// its chunk is freed (ids are reused), and the cleaner's moves do not change bytes.
+// its chunk is freed (ids are reused), and the cleaner's moves do not change bytes. Each slot's
+// 4 KiB lives wherever _memory points: Adopt swaps a slot's memory with a write-cache page that
+// holds the chunk's bytes, so a landed page enters the cache without a copy.
 using System.Runtime.InteropServices;
 
 namespace Target.Dedup.Engine;
@@ -12,6 +14,7 @@ internal sealed unsafe class ChunkCache : IDisposable
     private const uint Empty = 0;
 
     private byte* _slab;
+    private readonly nint[] _memory;
     private readonly uint[] _idOf;
     private readonly bool[] _referenced;
     private readonly IdSlotTable _slotOf;
@@ -21,9 +24,11 @@ internal sealed unsafe class ChunkCache : IDisposable
     {
         Slots = (int)Math.Min(int.MaxValue / 2, Math.Max(0, bytes / PageBytes));
         _idOf = new uint[Slots];
+        _memory = new nint[Slots];
         _referenced = new bool[Slots];
         _slotOf = new IdSlotTable(Slots);
-        if (Slots > 0) _slab = (byte*)NativeMemory.Alloc((nuint)Slots * PageBytes);
+        if (Slots > 0) _slab = (byte*)NativeMemory.AlignedAlloc((nuint)Slots * PageBytes, PageBytes);
+        for (int i = 0; i < Slots; i++) _memory[i] = (nint)(_slab + (long)i * PageBytes);
     }
 
     public int Slots { get; }
@@ -43,7 +48,7 @@ internal sealed unsafe class ChunkCache : IDisposable
         }
         Hits++;
         _referenced[slot] = true;
-        new ReadOnlySpan<byte>(_slab + (long)slot * PageBytes + offset, destination.Length).CopyTo(destination);
+        new ReadOnlySpan<byte>((byte*)_memory[slot] + offset, destination.Length).CopyTo(destination);
         return true;
     }
 
@@ -59,19 +64,39 @@ internal sealed unsafe class ChunkCache : IDisposable
         }
         Hits++;
         _referenced[slot] = true;
-        equal = new ReadOnlySpan<byte>(_slab + (long)slot * PageBytes, PageBytes).SequenceEqual(data);
+        equal = new ReadOnlySpan<byte>((byte*)_memory[slot], PageBytes).SequenceEqual(data);
         return true;
     }
 
     public void Insert(uint id, ReadOnlySpan<byte> chunk)
     {
         if (Slots == 0 || _slotOf.Contains(id)) return;
+        int slot = Take(id);
+        chunk.CopyTo(new Span<byte>((byte*)_memory[slot], PageBytes));
+    }
+
+    /// <summary>
+    /// Caches chunk <paramref name="id"/> whose bytes are the 4 KiB at <paramref name="memory"/>
+    /// (page-aligned, owned by the caller) without copying them: the victim slot takes that memory
+    /// and the caller gets the victim's in exchange (its bytes are stale). Nothing changes when the
+    /// cache is off or already holds the id.
+    /// </summary>
+    public void Adopt(uint id, ref nint memory)
+    {
+        if (Slots == 0 || _slotOf.Contains(id)) return;
+        int slot = Take(id);
+        (_memory[slot], memory) = (memory, _memory[slot]);
+    }
+
+    /// <summary>A slot for a new entry: the CLOCK victim, its old id evicted.</summary>
+    private int Take(uint id)
+    {
         int slot = Victim();
         if (_idOf[slot] != Empty) _slotOf.Remove(_idOf[slot], out _);
         _idOf[slot] = id;
         _referenced[slot] = false;
         _slotOf.Add(id, slot);
-        chunk.CopyTo(new Span<byte>(_slab + (long)slot * PageBytes, PageBytes));
+        return slot;
     }
 
     public void Remove(uint id)
@@ -96,7 +121,9 @@ internal sealed unsafe class ChunkCache : IDisposable
     {
         if (_slab != null)
         {
-            NativeMemory.Free(_slab);
+            // Memory swapped with the write cache comes back to it when that frees its slab: the
+            // two pools of pages are freed together (see Pool.Dispose), never one while the other is in use.
+            NativeMemory.AlignedFree(_slab);
             _slab = null;
         }
         _slotOf.Dispose();

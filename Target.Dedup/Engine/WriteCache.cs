@@ -3,7 +3,8 @@
 // time a page (re)enters the destage queue it takes a ticket, so "every page dirtied before
 // ticket T is durable" is a single number (the committed ticket).
 // Invariants: a page is in _byKey iff its state is not Free; a Dirty or InFlightDirty page
-// has exactly one live entry in the queue (matching its ticket).
+// has exactly one live entry in the queue (matching its ticket). A page's 4 KiB lives wherever
+// _memory points; a free page's memory may be swapped with a read-cache slot (GiveToReadCache).
 using System.Runtime.InteropServices;
 using Target.Dedup.Device;
 using Target.Dedup.Hashing;
@@ -55,6 +56,7 @@ internal sealed unsafe class WriteCache : IDisposable
     public const int PageBytes = 4096;
 
     private byte* _slab;
+    private readonly nint[] _memory;
     private readonly long[] _key;
     private readonly PageState[] _state;
     private readonly long[] _ticket;
@@ -71,6 +73,8 @@ internal sealed unsafe class WriteCache : IDisposable
         // Native and long-addressed: a cache of 2 GiB or more does not fit an int offset.
         _slab = (byte*)NativeMemory.AlignedAlloc((nuint)pages * PageBytes, DeviceConstants.SectorBytes);
         NativeMemory.Clear(_slab, (nuint)pages * PageBytes);
+        _memory = new nint[pages];
+        for (int i = 0; i < pages; i++) _memory[i] = (nint)(_slab + (long)i * PageBytes);
         _key = new long[pages];
         _state = new PageState[pages];
         _ticket = new long[pages];
@@ -101,7 +105,17 @@ internal sealed unsafe class WriteCache : IDisposable
     public Span<byte> Data(int page)
     {
         ObjectDisposedException.ThrowIf(_slab == null, this);
-        return new Span<byte>(_slab + (long)page * PageBytes, PageBytes);
+        return new Span<byte>((byte*)_memory[page], PageBytes);
+    }
+
+    /// <summary>
+    /// A page just freed by Landed still holds chunk <paramref name="id"/>'s bytes: the read cache
+    /// takes its memory as that chunk's entry (no copy) and the page gets the evicted slot's memory.
+    /// </summary>
+    public void GiveToReadCache(int page, ChunkCache cache, uint id)
+    {
+        if (_state[page] != PageState.Free) throw new InvalidOperationException($"page {page} is in use; only a free page's memory can go to the read cache");
+        cache.Adopt(id, ref _memory[page]);
     }
 
     public PageState State(int page) => _state[page];

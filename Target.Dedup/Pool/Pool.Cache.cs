@@ -56,6 +56,10 @@ public sealed partial class Pool
         /// <summary>Each page's digest when taken (used only while the batch is decided from the pages).</summary>
         public readonly PageDigest[] Digest = new PageDigest[MaxBatchBlocks];
         public readonly uint[] NewIds = new uint[MaxBatchBlocks];
+        /// <summary>For each new chunk, the position in the batch of the first page holding it.</summary>
+        public readonly int[] NewFirst = new int[MaxBatchBlocks];
+        /// <summary>Scratch for LandBatch: the page at each position was freed.</summary>
+        public readonly bool[] Freed = new bool[MaxBatchBlocks];
         /// <summary>What each page's block mapped to when the batch was built: the reference its Map record drops.</summary>
         public readonly uint[] OldIds = new uint[MaxBatchBlocks];
         /// <summary>OldIds are counted in _pendingDrops (from the end of the build until applied or unwound).</summary>
@@ -423,23 +427,33 @@ public sealed partial class Pool
         slot.NewCount = 0;
     }
 
-    /// <summary>After its batch is applied: write-allocates its new chunks into the read cache and frees its pages.</summary>
+    /// <summary>
+    /// After its batch is applied: frees its pages and write-allocates its new chunks into the read
+    /// cache. A freed page still holds the chunk it was decided into (a page written after it was
+    /// taken is InFlightDirty and stays), so the read cache takes its memory instead of a copy;
+    /// a chunk whose page stays is copied from the batch buffer.
+    /// </summary>
     private void LandBatch(DestageSlot slot)
     {
         Span<byte> dataArea = slot.DataArea;
         lock (_sync)
         {
-            // Write-allocate: the new chunks' bytes are still in the batch buffer.
-            for (int n = 0; n < slot.Packed; n++) _chunkCache.Insert(slot.NewIds[n], dataArea.Slice(n * ChunkBytes, ChunkBytes));
             bool freed = false;
             for (int i = 0; i < slot.Count; i++)
             {
-                if (_cache.Landed(slot.Page[i], slot.Ticket[i]))
+                slot.Freed[i] = _cache.Landed(slot.Page[i], slot.Ticket[i]);
+                if (slot.Freed[i])
                 {
                     ReleasePageReservationLocked();
                     VolumeOfKey(slot.Key[i])?.PageLeftCache();
                     freed = true;
                 }
+            }
+            for (int n = 0; n < slot.Packed; n++)
+            {
+                int i = slot.NewFirst[n];
+                if (slot.Freed[i]) _cache.GiveToReadCache(slot.Page[i], _chunkCache, slot.NewIds[n]);
+                else _chunkCache.Insert(slot.NewIds[n], dataArea.Slice(n * ChunkBytes, ChunkBytes));
             }
             AdvanceCommittedLocked(slot.LastTicket);
             ReleasePendingDropsLocked(slot);
@@ -576,6 +590,7 @@ public sealed partial class Pool
         for (int n = 0; n < newCount; n++)
         {
             int i = _batchFirstOfNew[n];
+            slot.NewFirst[n] = i;
             uint chunkCrc = _buildFromPages && slot.Digest[i].Kind == DigestKind.Data ? slot.Digest[i].Crc : Crc32C.Compute(dataArea.Slice(n * ChunkBytes, ChunkBytes));
             dataCrc = n == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, s_chunkCrcShift);
             writer.NewChunk(newIds[n], n, chunkCrc, _batchFp[i]);
