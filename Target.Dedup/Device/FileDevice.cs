@@ -98,6 +98,51 @@ public sealed unsafe class FileDevice : IBlockDevice
         }
     }
 
+    public void WriteGathered(long offsetBytes, ReadOnlySpan<byte> head, ReadOnlySpan<nint> pages)
+    {
+        const int PageBytes = DeviceConstants.SectorBytes;
+        long total = head.Length + (long)pages.Length * PageBytes;
+        Check(offsetBytes, (int)total);
+        if (pages.Length + 1 > MaxVectors) throw new ArgumentException($"a gathered write takes at most {MaxVectors - 1} pages");
+        NativeIo.IoVec* iov = stackalloc NativeIo.IoVec[pages.Length + 1];
+        fixed (byte* h = head)
+        {
+            int count = 0;
+            if (head.Length > 0) iov[count++] = new NativeIo.IoVec { Base = h, Length = (nuint)head.Length };
+            for (int i = 0; i < pages.Length; i++)
+            {
+                if (pages[i] % PageBytes != 0) throw new ArgumentException($"unaligned page address for a gathered write: {pages[i]:x}");
+                iov[count++] = new NativeIo.IoVec { Base = (void*)pages[i], Length = PageBytes };
+            }
+            long done = 0;
+            int first = 0;
+            while (done < total)
+            {
+                nint n = NativeIo.PWriteV(_fd, iov + first, count - first, offsetBytes + done);
+                if (n < 0)
+                {
+                    if (Marshal.GetLastPInvokeError() == NativeIo.EINTR) continue;
+                    throw NativeIo.Error($"pwritev at {offsetBytes + done}", Name);
+                }
+                done += n;
+                // A short write: skip the vectors written whole, trim the one written in part.
+                while (first < count && n >= (nint)iov[first].Length)
+                {
+                    n -= (nint)iov[first].Length;
+                    first++;
+                }
+                if (n > 0)
+                {
+                    iov[first].Base = (byte*)iov[first].Base + n;
+                    iov[first].Length -= (nuint)n;
+                }
+            }
+        }
+    }
+
+    /// <summary>IOV_MAX on Linux.</summary>
+    private const int MaxVectors = 1024;
+
     public void Flush()
     {
         if (NativeIo.FDataSync(_fd) != 0) throw NativeIo.Error("fdatasync", Name);

@@ -17,6 +17,13 @@ public interface IBlockDevice : IDisposable
     /// <summary>Writes sectors from an aligned buffer; offset and length are multiples of 4096.</summary>
     void Write(long offsetBytes, ReadOnlySpan<byte> source);
 
+    /// <summary>
+    /// Writes <paramref name="head"/> (an aligned buffer, a multiple of 4096 bytes) followed by the
+    /// 4096 bytes at each of <paramref name="pages"/> (4096-aligned native memory), as one
+    /// contiguous range starting at <paramref name="offsetBytes"/>.
+    /// </summary>
+    void WriteGathered(long offsetBytes, ReadOnlySpan<byte> head, ReadOnlySpan<nint> pages);
+
     /// <summary>fdatasync.</summary>
     void Flush();
 }

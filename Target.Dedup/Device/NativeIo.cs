@@ -31,6 +31,16 @@ internal static unsafe partial class NativeIo
     [LibraryImport("libc", EntryPoint = "pwrite", SetLastError = true)]
     public static partial nint PWrite(int fd, byte* buffer, nint count, long offset);
 
+    [LibraryImport("libc", EntryPoint = "pwritev", SetLastError = true)]
+    public static partial nint PWriteV(int fd, IoVec* iov, int count, long offset);
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct IoVec
+    {
+        public void* Base;
+        public nuint Length;
+    }
+
     [LibraryImport("libc", EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FDataSync(int fd);
 

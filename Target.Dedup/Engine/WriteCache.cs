@@ -1,10 +1,16 @@
 // The write cache: dirty 4 KiB pages in one aligned native slab, found by (volume id, block).
 // All members are called with the pool lock held. Destage order is first-dirtied first; each
-// time a page (re)enters the destage queue it takes a ticket, so "every page dirtied before
+// time a page enters the destage queue it takes a ticket, so "every page dirtied before
 // ticket T is durable" is a single number (the committed ticket).
-// Invariants: a page is in _byKey iff its state is not Free; a Dirty or InFlightDirty page
-// has exactly one live entry in the queue (matching its ticket). A page's 4 KiB lives wherever
-// _memory points; a free page's memory may be swapped with a read-cache slot (GiveToReadCache).
+// A page in a destage batch (InFlight) never changes until the batch lands: a write to its block
+// goes to a new page that supersedes it (copy-on-write), so the destager fingerprints the pages
+// and the device writes them without copying them.
+// Invariants: _byKey maps each key to its newest page; a page is Free, or in _byKey, or
+// superseded and InFlight (it leaves when its batch lands or is unwound); a Dirty page has
+// exactly one live entry in the queue (matching its ticket); a page with a predecessor (the
+// superseded page of its key still in a batch) is not taken into a batch until that one lands.
+// A page's 4 KiB lives wherever _memory points; a free page's memory may be swapped with a
+// read-cache slot (GiveToReadCache).
 using System.Runtime.InteropServices;
 using Target.Dedup.Device;
 using Target.Dedup.Hashing;
@@ -45,10 +51,8 @@ internal enum PageState : byte
     Free = 0,
     /// <summary>Waiting in the destage queue.</summary>
     Dirty = 1,
-    /// <summary>Copied into a destage batch that is not durable yet.</summary>
+    /// <summary>In a destage batch that is not durable yet: its bytes do not change.</summary>
     InFlight = 2,
-    /// <summary>In a batch, and written again since; queued again.</summary>
-    InFlightDirty = 3,
 }
 
 internal sealed unsafe class WriteCache : IDisposable
@@ -62,6 +66,10 @@ internal sealed unsafe class WriteCache : IDisposable
     private readonly long[] _ticket;
     private readonly long[] _dirtySinceMs;
     private readonly PageDigest[] _digest;
+    /// <summary>The page this one superseded while that was in a batch (until it lands), else -1.</summary>
+    private readonly int[] _predecessor;
+    /// <summary>For a superseded page: the page that superseded it, else -1.</summary>
+    private readonly int[] _successor;
     private readonly int[] _freeStack;
     private int _freeCount;
     private readonly Dictionary<long, int> _byKey;
@@ -80,6 +88,10 @@ internal sealed unsafe class WriteCache : IDisposable
         _ticket = new long[pages];
         _dirtySinceMs = new long[pages];
         _digest = new PageDigest[pages];
+        _predecessor = new int[pages];
+        _successor = new int[pages];
+        Array.Fill(_predecessor, -1);
+        Array.Fill(_successor, -1);
         _freeStack = new int[pages];
         for (int i = 0; i < pages; i++) _freeStack[i] = pages - 1 - i;
         _freeCount = pages;
@@ -91,7 +103,7 @@ internal sealed unsafe class WriteCache : IDisposable
 
     public int UsedPages => Pages - _freeCount;
 
-    /// <summary>Pages waiting in the queue (Dirty or InFlightDirty).</summary>
+    /// <summary>Pages waiting in the queue (Dirty).</summary>
     public int QueuedPages { get; private set; }
 
     public long LastTicket { get; private set; }
@@ -107,6 +119,9 @@ internal sealed unsafe class WriteCache : IDisposable
         ObjectDisposedException.ThrowIf(_slab == null, this);
         return new Span<byte>((byte*)_memory[page], PageBytes);
     }
+
+    /// <summary>The address of the page's 4 KiB (4096-aligned); it stays put while the page is in use.</summary>
+    public nint Memory(int page) => _memory[page];
 
     /// <summary>
     /// A page just freed by Landed still holds chunk <paramref name="id"/>'s bytes: the read cache
@@ -143,16 +158,45 @@ internal sealed unsafe class WriteCache : IDisposable
     }
 
     /// <summary>
+    /// A write to a key whose page is in a batch in flight: takes a free page for the key (the new
+    /// newest page; reads and writes go there from now on) and leaves the old one to its batch.
+    /// With <paramref name="copyBytes"/> the new page starts with the old page's bytes (for a
+    /// partial write). The caller fills it and calls MarkDirty (isNew: true).
+    /// </summary>
+    public int Supersede(int page, bool copyBytes)
+    {
+        if (_state[page] != PageState.InFlight || _successor[page] >= 0) throw new InvalidOperationException($"page {page} is not the newest page of a batch in flight");
+        if (_freeCount == 0) throw new InvalidOperationException("write cache full");
+        long key = _key[page];
+        int newer = _freeStack[--_freeCount];
+        _key[newer] = key;
+        _state[newer] = PageState.InFlight; // not queued yet; MarkDirty queues it
+        _byKey[key] = newer;
+        _predecessor[newer] = page;
+        _successor[page] = newer;
+        if (copyBytes) Data(page).CopyTo(Data(newer));
+        return newer;
+    }
+
+    /// <summary>The page superseded an older page of its key that is still in a batch: it must wait for that batch to land.</summary>
+    public bool WaitsForPredecessor(int page) => _predecessor[page] >= 0;
+
+    /// <summary>
     /// Records that the page was written (in the same lock hold as the write), with the digest of
     /// its bytes now (PageDigest.None if the caller does not know them all); queues it unless it
-    /// already waits in the queue.
+    /// already waits in the queue. Only a page just added or superseding (isNew) or a Dirty one
+    /// is ever written: a page in a batch is superseded instead.
     /// </summary>
     public void MarkDirty(int page, long nowMs, bool isNew, in PageDigest digest)
     {
         _digest[page] = digest;
         PageState s = _state[page];
-        if (!isNew && (s == PageState.Dirty || s == PageState.InFlightDirty)) return;
-        _state[page] = isNew || s == PageState.Dirty ? PageState.Dirty : PageState.InFlightDirty;
+        if (!isNew)
+        {
+            if (s != PageState.Dirty) throw new InvalidOperationException($"page {page} was written in place while in a batch");
+            return;
+        }
+        _state[page] = PageState.Dirty;
         _ticket[page] = ++LastTicket;
         _dirtySinceMs[page] = nowMs;
         _queue.Enqueue((page, LastTicket));
@@ -164,8 +208,7 @@ internal sealed unsafe class WriteCache : IDisposable
     {
         while (_queue.TryPeek(out (int Page, long Ticket) head))
         {
-            PageState s = _state[head.Page];
-            if ((s == PageState.Dirty || s == PageState.InFlightDirty) && _ticket[head.Page] == head.Ticket)
+            if (_state[head.Page] == PageState.Dirty && _ticket[head.Page] == head.Ticket)
             {
                 page = head.Page;
                 ticket = head.Ticket;
@@ -180,7 +223,7 @@ internal sealed unsafe class WriteCache : IDisposable
         return false;
     }
 
-    /// <summary>Takes the page returned by TryPeek out of the queue into a batch. InFlightDirty pages are still in a batch: the caller must skip them until it lands.</summary>
+    /// <summary>Takes the page returned by TryPeek out of the queue into a batch (the caller checked WaitsForPredecessor).</summary>
     public void TakeForBatch(int page)
     {
         _queue.Dequeue();
@@ -188,39 +231,52 @@ internal sealed unsafe class WriteCache : IDisposable
         QueuedPages--;
     }
 
-    /// <summary>After the batch holding this page is durable: frees it, unless it was written again meanwhile.</summary>
+    /// <summary>After the batch holding this page is durable: frees it (its bytes stay until the page is reused).</summary>
     public bool Landed(int page, long batchTicket)
     {
-        if (_state[page] == PageState.InFlightDirty)
-        {
-            _state[page] = PageState.Dirty;
-            return false;
-        }
-        if (_state[page] == PageState.InFlight && _ticket[page] == batchTicket)
+        if (_state[page] != PageState.InFlight || _ticket[page] != batchTicket) return false;
+        Free(page);
+        return true;
+    }
+
+    /// <summary>A batch failed: its page goes back to the queue, or is freed if a newer page superseded it (true).</summary>
+    public bool Requeue(int page, long nowMs)
+    {
+        if (_state[page] != PageState.InFlight) return false;
+        if (_successor[page] >= 0)
         {
             Free(page);
             return true;
         }
+        MarkDirty(page, nowMs, isNew: true, _digest[page]);
         return false;
-    }
-
-    /// <summary>A batch failed: its pages go back to the queue.</summary>
-    public void Requeue(int page, long nowMs)
-    {
-        if (_state[page] == PageState.InFlight) MarkDirty(page, nowMs, isNew: true, _digest[page]);
-        else if (_state[page] == PageState.InFlightDirty) _state[page] = PageState.Dirty;
     }
 
     /// <summary>Drops a page (trim, delete, overwrite by copy). The page must not be in a batch in flight.</summary>
     public void Drop(int page)
     {
-        if (_state[page] == PageState.Dirty || _state[page] == PageState.InFlightDirty) QueuedPages--;
+        if (_state[page] == PageState.InFlight) throw new InvalidOperationException($"page {page} is in a batch in flight; it cannot be dropped");
+        if (_state[page] == PageState.Dirty) QueuedPages--;
         Free(page);
     }
 
     private void Free(int page)
     {
-        _byKey.Remove(_key[page]);
+        if (_successor[page] >= 0)
+        {
+            // Superseded: the key belongs to the newer page, which no longer waits for this one.
+            _predecessor[_successor[page]] = -1;
+            _successor[page] = -1;
+        }
+        else
+        {
+            _byKey.Remove(_key[page]);
+        }
+        if (_predecessor[page] >= 0)
+        {
+            _successor[_predecessor[page]] = -1;
+            _predecessor[page] = -1;
+        }
         _state[page] = PageState.Free;
         _ticket[page] = 0;
         _freeStack[_freeCount++] = page;

@@ -58,6 +58,8 @@ public sealed partial class Pool
         public readonly uint[] NewIds = new uint[MaxBatchBlocks];
         /// <summary>For each new chunk, the position in the batch of the first page holding it.</summary>
         public readonly int[] NewFirst = new int[MaxBatchBlocks];
+        /// <summary>For each new chunk, the memory of that page: the device writes the batch's data from there.</summary>
+        public readonly nint[] NewMemory = new nint[MaxBatchBlocks];
         /// <summary>Scratch for LandBatch: the page at each position was freed.</summary>
         public readonly bool[] Freed = new bool[MaxBatchBlocks];
         /// <summary>What each page's block mapped to when the batch was built: the reference its Map record drops.</summary>
@@ -72,15 +74,16 @@ public sealed partial class Pool
         public bool Settled;
         public int Count;
         public int NewCount;
-        public int Packed;
         public int RecordBytes;
-        /// <summary>CRC-32C of the packed data, combined from the new chunks' CRCs.</summary>
+        /// <summary>CRC-32C of the batch's data (its new chunks in order), combined from the chunks' CRCs.</summary>
         public uint DataCrc;
         public long LastTicket;
 
+        /// <summary>Holds the batch's header (its records) at [FixedBytes..MaxHeaderBlocks * ChunkBytes).</summary>
         public DestageSlot(AlignedBuffer buffer) => Buffer = buffer;
 
-        public Span<byte> DataArea => Buffer.Slice(MaxHeaderBlocks * ChunkBytes, MaxBatchBlocks * ChunkBytes);
+        /// <summary>The bytes of new chunk <paramref name="n"/>: its page, which does not change while the batch is in flight.</summary>
+        public unsafe ReadOnlySpan<byte> NewChunk(int n) => new((void*)NewMemory[n], ChunkBytes);
 
         public void Dispose() => Buffer.Dispose();
     }
@@ -88,8 +91,12 @@ public sealed partial class Pool
     private DestageSlot[] _slots = Array.Empty<DestageSlot>();
     /// <summary>Groups one destage turn may pipeline before it hands the commit mutex on.</summary>
     private const int MaxGroupsPerTurn = 4;
-    private readonly WrittenBatch[] _groupWritten = new WrittenBatch[2 * MaxGroupBatches];
-    private readonly List<Task>[] _groupWrites = [new(MaxGroupBatches), new(MaxGroupBatches)];
+    /// <summary>Sets of MaxGroupBatches slots: one group is built while the others' writes and flushes run.</summary>
+    private const int SlotSets = 2;
+    private readonly WrittenBatch[] _groupWritten = new WrittenBatch[SlotSets * MaxGroupBatches];
+    private readonly List<Task>[] _groupWrites = PerSet(() => new List<Task>(MaxGroupBatches));
+    /// <summary>Groups written and not yet applied, oldest first: (flush, set, batches).</summary>
+    private readonly Queue<(Task Flush, int Set, int Count)> _groupsInFlight = new(SlotSets);
 
     // Per-batch scratch, used only by the destager under the commit mutex while it builds a batch.
     private readonly Fingerprint[] _batchFp = new Fingerprint[MaxBatchBlocks];
@@ -99,7 +106,6 @@ public sealed partial class Pool
     private readonly int[] _batchFirstOfNew = new int[MaxBatchBlocks];
     /// <summary>The batch being built, and whether it is decided from its cache pages (else from copies in its data area).</summary>
     private DestageSlot? _buildSlot;
-    private bool _buildFromPages;
     private readonly uint[] _candidateIds = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly uint[] _candidateLocations = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly uint[] _candidateCrcs = new uint[MaxBatchBlocks * MaxCandidates];
@@ -124,7 +130,14 @@ public sealed partial class Pool
     private AlignedBuffer? _prefetchBufferStore;
     private AlignedBuffer _prefetchBuffer => _prefetchBufferStore ??= new AlignedBuffer(MaxBatchBlocks * ChunkBytes);
     /// <summary>New chunks of the group's earlier batches (not in the index until applied): fingerprint prefix -> (slot, new index).</summary>
-    private readonly Dictionary<ulong, (int Slot, int New)>[] _groupNew = [new(MaxBatchBlocks * MaxGroupBatches), new(MaxBatchBlocks * MaxGroupBatches)];
+    private readonly Dictionary<ulong, (int Slot, int New)>[] _groupNew = PerSet(() => new Dictionary<ulong, (int Slot, int New)>(MaxBatchBlocks * MaxGroupBatches));
+
+    private static T[] PerSet<T>(Func<T> create)
+    {
+        var items = new T[SlotSets];
+        for (int i = 0; i < SlotSets; i++) items[i] = create();
+        return items;
+    }
 
     /// <summary>
     /// Destage starts once this many pages are queued and goes on down to the low watermark.
@@ -266,14 +279,15 @@ public sealed partial class Pool
     /// <summary>
     /// Destages in groups: up to MaxGroupBatches batches, each written as soon as it is built,
     /// then one fdatasync for the group, then each batch applied in log order and its pages
-    /// landed. Groups are pipelined over two sets of slots: while group g's writes and fdatasync
-    /// run on the thread pool, group g+1 is built and written, and g is applied once its flush
-    /// returned (g+1 only after g). A turn runs up to MaxGroupsPerTurn groups, and nothing is in
-    /// flight when it returns. Caller holds the commit mutex (so no other metadata change runs).
-    /// A group stops early when the queue runs dry, a page of an earlier batch still in flight
-    /// was written again, or the log needs a checkpoint. Chunks new in a batch not yet applied
-    /// are not in the index, so later batches share them through per-set tables, checked byte
-    /// for byte against the earlier batch's buffer like an index candidate.
+    /// landed. Groups are pipelined over SlotSets sets of slots: while the writes and fdatasyncs
+    /// of the groups before run on the thread pool, the next group is built and written; once
+    /// every set is in use, the oldest group is applied when its flush returned (groups apply in
+    /// order). A turn runs up to MaxGroupsPerTurn groups, and nothing is in flight when it returns.
+    /// Caller holds the commit mutex (so no other metadata change runs). A group stops early
+    /// when the queue runs dry, the oldest queued page supersedes one still in a batch, or the
+    /// log needs a checkpoint. Chunks new in a batch not yet applied are not in the index, so
+    /// later batches share them through per-set tables, checked byte for byte against the
+    /// earlier batch's page like an index candidate.
     /// </summary>
     private void DestageGroupLocked(bool onlyAged)
     {
@@ -287,20 +301,20 @@ public sealed partial class Pool
         }
         if (_slots.Length == 0)
         {
-            _slots = new DestageSlot[2 * MaxGroupBatches];
+            _slots = new DestageSlot[SlotSets * MaxGroupBatches];
             _slots[0] = new DestageSlot(_logBuffer);
-            for (int i = 1; i < _slots.Length; i++) _slots[i] = new DestageSlot(new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes));
+            for (int i = 1; i < _slots.Length; i++) _slots[i] = new DestageSlot(new AlignedBuffer(MaxHeaderBlocks * ChunkBytes));
         }
         // Tables left from the last turn name chunks that are in the index now (or were given back).
         foreach (Dictionary<ulong, (int Slot, int New)> table in _groupNew) table.Clear();
         long now = NowMs();
-        int set = 0, inFlightSet = -1, inFlightCount = 0;
-        Task? inFlightFlush = null;
+        int set = 0;
+        _groupsInFlight.Clear();
         try
         {
             for (int turn = 0; turn < MaxGroupsPerTurn; turn++)
             {
-                int written = WriteGroup(set, onlyAged, now, nothingInFlight: inFlightFlush == null);
+                int written = WriteGroup(set, onlyAged, now, nothingInFlight: _groupsInFlight.Count == 0);
                 if (written == 0) break;
                 List<Task> writes = _groupWrites[set];
                 Task flush = Task.Run(() =>
@@ -308,42 +322,40 @@ public sealed partial class Pool
                     WaitForWrites(writes, throwOnFailure: true);
                     FlushLog();
                 });
-                (Task? previous, int previousSet, int previousCount) = (inFlightFlush, inFlightSet, inFlightCount);
-                (inFlightFlush, inFlightSet, inFlightCount) = (flush, set, written);
-                if (previous != null) CompleteGroup(previous, previousSet, previousCount);
-                set ^= 1;
+                _groupsInFlight.Enqueue((flush, set, written));
+                if (_groupsInFlight.Count == SlotSets) CompleteOldestGroup();
+                set = (set + 1) % SlotSets;
                 if (written < MaxGroupBatches) break;
             }
-            if (inFlightFlush != null)
-            {
-                Task last = inFlightFlush;
-                inFlightFlush = null;
-                CompleteGroup(last, inFlightSet, inFlightCount);
-            }
+            while (_groupsInFlight.Count > 0) CompleteOldestGroup();
         }
         catch (Exception e)
         {
-            // Nothing may still write into the slots' buffers once they are reused.
-            if (inFlightFlush != null) { try { inFlightFlush.GetAwaiter().GetResult(); } catch (Exception) { } }
-            WaitForWrites(_groupWrites[0], throwOnFailure: false);
-            WaitForWrites(_groupWrites[1], throwOnFailure: false);
+            // Nothing may still write from the slots' buffers or pages once they are reused.
+            foreach ((Task flush, _, _) in _groupsInFlight) { try { flush.GetAwaiter().GetResult(); } catch (Exception) { } }
+            foreach (List<Task> writes in _groupWrites) WaitForWrites(writes, throwOnFailure: false);
             try
             {
-                if (e is NoSpaceException && inFlightFlush != null && _failure == null)
-                {
-                    // The group in flight is on disk: the log goes on after it, so it must be applied.
-                    CompleteGroup(inFlightFlush, inFlightSet, inFlightCount);
-                }
+                // The groups in flight are on disk: the log goes on after them, so they must be applied.
+                while (e is NoSpaceException && _groupsInFlight.Count > 0 && _failure == null) CompleteOldestGroup();
             }
             finally
             {
                 // A failed device write or flush has failed the pool: no batch not yet applied ever will be.
+                _groupsInFlight.Clear();
                 foreach (DestageSlot slot in _slots) UnwindSlot(slot, now);
             }
             throw;
         }
         Interlocked.Add(ref _destageTicks, Stopwatch.GetTimestamp() - turnStart);
         CheckpointIfDue();
+    }
+
+    private void CompleteOldestGroup()
+    {
+        (Task flush, int set, int count) = _groupsInFlight.Peek();
+        CompleteGroup(flush, set, count);
+        _groupsInFlight.Dequeue();
     }
 
     /// <summary>Builds and writes (without a flush) one group into slot set <paramref name="set"/>; the number of batches written.</summary>
@@ -369,7 +381,7 @@ public sealed partial class Pool
             DestageSlot slot = _slots[first + written];
             try
             {
-                _groupWritten[first + written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.Packed, metadataOnly: false, _groupWrites[set], slot.DataCrc);
+                _groupWritten[first + written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.NewCount, metadataOnly: false, _groupWrites[set], slot.DataCrc, slot.NewMemory);
             }
             catch (NoSpaceException)
             {
@@ -413,15 +425,23 @@ public sealed partial class Pool
         if (first != null && throwOnFailure) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
     }
 
-    /// <summary>A batch that will not be applied: its chunk ids are given back and its pages queued again.</summary>
+    /// <summary>A batch that will not be applied: its chunk ids are given back and its pages queued again (a superseded one is freed).</summary>
     private void UnwindSlot(DestageSlot slot, long now)
     {
         lock (_sync)
         {
             for (int n = 0; n < slot.NewCount; n++) _state.Chunks.Unallocate(slot.NewIds[n]);
-            for (int i = 0; i < slot.Count; i++) _cache.Requeue(slot.Page[i], now);
+            bool freed = false;
+            for (int i = 0; i < slot.Count; i++)
+            {
+                if (!_cache.Requeue(slot.Page[i], now)) continue;
+                ReleasePageReservationLocked();
+                VolumeOfKey(slot.Key[i])?.PageLeftCache();
+                freed = true;
+            }
             ReleasePendingDropsLocked(slot);
             slot.Settled = true;
+            if (freed) { _pageFreed.Set(); _spaceFreed.Set(); }
         }
         slot.Count = 0;
         slot.NewCount = 0;
@@ -429,13 +449,11 @@ public sealed partial class Pool
 
     /// <summary>
     /// After its batch is applied: frees its pages and write-allocates its new chunks into the read
-    /// cache. A freed page still holds the chunk it was decided into (a page written after it was
-    /// taken is InFlightDirty and stays), so the read cache takes its memory instead of a copy;
-    /// a chunk whose page stays is copied from the batch buffer.
+    /// cache. A page in a batch never changes (a write supersedes it), so a freed page still holds
+    /// the chunk it was decided into, and the read cache takes its memory instead of a copy.
     /// </summary>
     private void LandBatch(DestageSlot slot)
     {
-        Span<byte> dataArea = slot.DataArea;
         lock (_sync)
         {
             bool freed = false;
@@ -449,11 +467,10 @@ public sealed partial class Pool
                     freed = true;
                 }
             }
-            for (int n = 0; n < slot.Packed; n++)
+            for (int n = 0; n < slot.NewCount; n++)
             {
                 int i = slot.NewFirst[n];
                 if (slot.Freed[i]) _cache.GiveToReadCache(slot.Page[i], _chunkCache, slot.NewIds[n]);
-                else _chunkCache.Insert(slot.NewIds[n], dataArea.Slice(n * ChunkBytes, ChunkBytes));
             }
             AdvanceCommittedLocked(slot.LastTicket);
             ReleasePendingDropsLocked(slot);
@@ -487,10 +504,8 @@ public sealed partial class Pool
         DestageSlot slot = _slots[slotIndex];
         int count = 0;
         long lastTicket = 0;
-        Span<byte> dataArea = slot.DataArea;
         slot.Count = 0;
         slot.NewCount = 0;
-        slot.Packed = 0;
         slot.Settled = false;
         lock (_sync)
         {
@@ -498,8 +513,9 @@ public sealed partial class Pool
             while (count < room && _cache.TryPeek(out int page, out long ticket, out long since))
             {
                 if (onlyAged && now - since < _options.DirtyAgeMaxMs) break;
-                // Written again while in an earlier batch of this group: it goes in the next group.
-                if (_cache.State(page) == PageState.InFlightDirty) break;
+                // Written again while in an earlier batch of this group or the one in flight: it goes
+                // in a later group (its Map record's old id must be what that batch leaves).
+                if (_cache.WaitsForPredecessor(page)) break;
                 long pageKey = _cache.Key(page);
                 if (!_state.VolumesById.TryGetValue(WriteCache.VolumeOf(pageKey), out VolumeState? owner) || WriteCache.BlockOf(pageKey) >= owner.Map.Blocks)
                 {
@@ -530,60 +546,27 @@ public sealed partial class Pool
             }
         }
 
-        // Decided straight from the cache pages: a duplicate page is never copied. A page in a batch
-        // stays put until the batch lands, but a host write may change it meanwhile (every write
-        // into a page marks it dirty in the same lock hold, which turns an InFlight page
-        // InFlightDirty). So once decided, under the lock: if no page changed, the new chunks are
-        // copied into the batch in that same hold; if one did, every page is copied under the lock
-        // and the batch decided again from the copies (rare: a block rewritten during its destage).
-        _buildFromPages = true;
+        // Decided straight from the cache pages, outside the lock: a page in a batch does not change
+        // until the batch lands (a host write goes to a new page that supersedes it), and the
+        // device writes the new chunks from their pages, so no page is ever copied.
         _buildSlot = slot;
         int newCount = DecideBatch(count);
         _options.AfterBatchDecidedFromPages?.Invoke();
         slot.Buffer.Slice(0, MaxHeaderBlocks * ChunkBytes).Clear();
         var writer = new RecordWriter(slot.Buffer.Slice(BatchHeader.FixedBytes, MaxRecordBytes));
         uint[] newIds = slot.NewIds;
-        while (true)
+        lock (_sync)
         {
-            lock (_sync)
-            {
-                bool changed = false;
-                for (int i = 0; i < count && _buildFromPages && !changed; i++) changed = _cache.State(slot.Page[i]) != PageState.InFlight;
-                if (!changed)
-                {
-                    for (int n = 0; n < newCount; n++) newIds[n] = _state.Chunks.Allocate();
-                    // Counted only now: within one batch every reference is added before any is dropped,
-                    // so this batch's own drops never endanger a chunk it shares (a block rewritten with the
-                    // bytes it holds shares its own chunk).
-                    for (int i = 0; i < count; i++)
-                    {
-                        uint old = slot.OldIds[i];
-                        if (old >= ChunkTable.FirstChunkId) CollectionsMarshal.GetValueRefOrAddDefault(_pendingDrops, old, out _)++;
-                    }
-                    slot.DropsCounted = true;
-                    // The new chunks' bytes, packed in order right after the header.
-                    if (_buildFromPages)
-                    {
-                        for (int i = 0; i < count; i++)
-                            if (_batchNewIndex[i] >= 0 && _batchFirstOfNew[_batchNewIndex[i]] == i)
-                                _cache.Data(slot.Page[i]).CopyTo(dataArea.Slice(_batchNewIndex[i] * ChunkBytes, ChunkBytes));
-                    }
-                    break;
-                }
-                for (int i = 0; i < count; i++) _cache.Data(slot.Page[i]).CopyTo(dataArea.Slice(i * ChunkBytes, ChunkBytes));
-            }
-            _buildFromPages = false;
-            newCount = DecideBatch(count);
-        }
-        if (!_buildFromPages)
-        {
-            // Decided from copies in page order: pack the new chunks (each moves down, never up).
+            for (int n = 0; n < newCount; n++) newIds[n] = _state.Chunks.Allocate();
+            // Counted only now: within one batch every reference is added before any is dropped,
+            // so this batch's own drops never endanger a chunk it shares (a block rewritten with the
+            // bytes it holds shares its own chunk).
             for (int i = 0; i < count; i++)
             {
-                int n = _batchNewIndex[i];
-                if (n >= 0 && _batchFirstOfNew[n] == i && n != i)
-                    dataArea.Slice(i * ChunkBytes, ChunkBytes).CopyTo(dataArea.Slice(n * ChunkBytes, ChunkBytes));
+                uint old = slot.OldIds[i];
+                if (old >= ChunkTable.FirstChunkId) CollectionsMarshal.GetValueRefOrAddDefault(_pendingDrops, old, out _)++;
             }
+            slot.DropsCounted = true;
         }
         slot.NewCount = newCount;
         uint dataCrc = 0;
@@ -591,7 +574,8 @@ public sealed partial class Pool
         {
             int i = _batchFirstOfNew[n];
             slot.NewFirst[n] = i;
-            uint chunkCrc = _buildFromPages && slot.Digest[i].Kind == DigestKind.Data ? slot.Digest[i].Crc : Crc32C.Compute(dataArea.Slice(n * ChunkBytes, ChunkBytes));
+            slot.NewMemory[n] = _cache.Memory(slot.Page[i]);
+            uint chunkCrc = slot.Digest[i].Kind == DigestKind.Data ? slot.Digest[i].Crc : Crc32C.Compute(slot.NewChunk(n));
             dataCrc = n == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, s_chunkCrcShift);
             writer.NewChunk(newIds[n], n, chunkCrc, _batchFp[i]);
             _groupNew[slotIndex / MaxGroupBatches].TryAdd(_batchFp[i].Low, (slotIndex, n));
@@ -601,19 +585,14 @@ public sealed partial class Pool
             if (_batchNewIndex[i] >= 0) _batchValue[i] = newIds[_batchNewIndex[i]];
             writer.Map(WriteCache.VolumeOf(slot.Key[i]), WriteCache.BlockOf(slot.Key[i]), _batchValue[i]);
         }
-        slot.Packed = newCount;
         slot.DataCrc = dataCrc;
         slot.RecordBytes = writer.Length;
         _buildSlot = null;
         return true;
     }
 
-    /// <summary>
-    /// Page i of the batch being built: its cache page while deciding from the pages, else its
-    /// copy at position i of the batch's data area.
-    /// </summary>
-    private ReadOnlySpan<byte> BuildData(int i) =>
-        _buildFromPages ? _cache.Data(_buildSlot!.Page[i]) : _buildSlot!.DataArea.Slice(i * ChunkBytes, ChunkBytes);
+    /// <summary>Page i of the batch being built (in a batch, so it does not change).</summary>
+    private ReadOnlySpan<byte> BuildData(int i) => _cache.Data(_buildSlot!.Page[i]);
 
     /// <summary>
     /// Fingerprints the batch's pages, finds and verifies their dedup candidates and decides each
@@ -623,11 +602,10 @@ public sealed partial class Pool
     /// </summary>
     private int DecideBatch(int count)
     {
-        // Fingerprints, outside the lock: the writer's digest while deciding from the pages (a page
-        // written since it was taken fails the check after the decision anyway), else computed.
+        // Fingerprints, outside the lock: the writer's digest, else computed.
         for (int i = 0; i < count; i++)
         {
-            DigestKind known = _buildFromPages ? _buildSlot!.Digest[i].Kind : DigestKind.None;
+            DigestKind known = _buildSlot!.Digest[i].Kind;
             if (known == DigestKind.Zero || (known == DigestKind.None && IsAllZero(BuildData(i)))) { _batchValue[i] = ChunkTable.ZeroId; continue; }
             _batchValue[i] = ChunkTable.HoleId; // undecided
             _batchFp[i] = known == DigestKind.Data ? _buildSlot!.Digest[i].Fingerprint : _fingerprinter.Compute(BuildData(i));
@@ -780,7 +758,7 @@ public sealed partial class Pool
         {
             if (table.TryGetValue(prefix, out (int Slot, int New) earlier)
                 && !_slots[earlier.Slot].Settled
-                && data.SequenceEqual(_slots[earlier.Slot].DataArea.Slice(earlier.New * ChunkBytes, ChunkBytes)))
+                && data.SequenceEqual(_slots[earlier.Slot].NewChunk(earlier.New)))
             {
                 id = _slots[earlier.Slot].NewIds[earlier.New];
                 return true;

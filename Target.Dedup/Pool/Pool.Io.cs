@@ -387,24 +387,35 @@ public sealed partial class Pool : IRingReadClient
         int inChunk = (int)(position % ChunkBytes);
         int n = Math.Min(ChunkBytes - inChunk, source.Length);
         long key = WriteCache.KeyOf(volume.State.Id, block);
-        if (_cache.TryFind(key, out int page))
+        int page = WritablePageLocked(key, wholeChunk: n == ChunkBytes, out bool isNew);
+        if (page < 0) return false;
+        source[..n].CopyTo(_cache.Data(page)[inChunk..]);
+        _cache.MarkDirty(page, NowMs(), isNew, n == ChunkBytes ? digest : PageDigest.None);
+        if (isNew)
         {
-            source[..n].CopyTo(_cache.Data(page)[inChunk..]);
-            _cache.MarkDirty(page, NowMs(), isNew: false, n == ChunkBytes ? digest : PageDigest.None);
-        }
-        else
-        {
-            if (n != ChunkBytes || !_cache.HasFreePage) return false;
-            if (!TryReserveForPageLocked()) return false;
-            page = _cache.Add(key);
-            source[..n].CopyTo(_cache.Data(page));
-            _cache.MarkDirty(page, NowMs(), isNew: true, digest);
             volume.PageEnteredCache();
             if (_cache.QueuedPages >= HighWatermarkPages) wakeDestager = true;
         }
         lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
         done += n;
         return true;
+    }
+
+    /// <summary>
+    /// The page a write into <paramref name="key"/> goes to, without waiting: the key's Dirty page;
+    /// or a new one, for a whole chunk of a key not cached or for a key whose page is in a batch in
+    /// flight (copy-on-write: the batch keeps its bytes; the new page starts with them unless the
+    /// write covers the whole chunk). -1 when that needs a free page or space not there now, or old
+    /// bytes from the device (a partial chunk not cached). Caller holds the pool lock, and fills the
+    /// page and marks it dirty with <paramref name="isNew"/> in the same hold.
+    /// </summary>
+    private int WritablePageLocked(long key, bool wholeChunk, out bool isNew)
+    {
+        bool cached = _cache.TryFind(key, out int page);
+        isNew = !cached || _cache.State(page) != PageState.Dirty;
+        if (!isNew) return page;
+        if ((!cached && !wholeChunk) || !_cache.HasFreePage || !TryReserveForPageLocked()) return -1;
+        return cached ? _cache.Supersede(page, copyBytes: !wholeChunk) : _cache.Add(key);
     }
 
     /// <summary>The slow path for one chunk piece: waits for a free page, reads the old chunk for a partial write.</summary>
@@ -442,19 +453,21 @@ public sealed partial class Pool : IRingReadClient
             }
             lock (_sync)
             {
-                if (_cache.TryFind(key, out int page))
+                bool cached = _cache.TryFind(key, out int page);
+                if (cached && _cache.State(page) == PageState.Dirty)
                 {
                     source.Span[..n].CopyTo(_cache.Data(page)[inChunk..]);
                     _cache.MarkDirty(page, NowMs(), isNew: false, partial ? PageDigest.None : digest);
                     return;
                 }
                 if (!_cache.HasFreePage) continue;
-                if (volume.State.Map.Get(block) != observed) continue;
+                if (!cached && volume.State.Map.Get(block) != observed) continue;
                 if (TryReserveForPageLocked())
                 {
-                    page = _cache.Add(key);
+                    // A page in a batch in flight keeps its bytes: the write goes to a copy (WritablePageLocked).
+                    page = cached ? _cache.Supersede(page, copyBytes: partial) : _cache.Add(key);
                     Span<byte> data = _cache.Data(page);
-                    if (partial) old.CopyTo(data);
+                    if (partial && !cached) old.CopyTo(data);
                     source.Span[..n].CopyTo(data[inChunk..]);
                     _cache.MarkDirty(page, NowMs(), isNew: true, partial ? PageDigest.None : digest);
                     volume.PageEnteredCache();

@@ -312,10 +312,14 @@ public sealed partial class Pool
     /// (ApplyWritten, in order) only after it. With <paramref name="writes"/>, the device write
     /// runs on the thread pool (added to the list) while the caller builds the next batch; the
     /// caller waits for all of them before the flush. <paramref name="knownDataCrc"/>: the data's
-    /// CRC-32C when the caller already has it (combined from the chunks' CRCs). Caller holds the commit mutex.
+    /// CRC-32C when the caller already has it (combined from the chunks' CRCs). With
+    /// <paramref name="dataPages"/> (and the CRC known), the data blocks are not in the buffer but
+    /// at those 4 KiB addresses, which must not change until the write completed: the device
+    /// gathers them after the header. Caller holds the commit mutex.
     /// </summary>
-    private WrittenBatch WriteBatchUnflushed(AlignedBuffer buffer, int recordBytes, int dataBlocks, bool metadataOnly, List<Task>? writes = null, uint? knownDataCrc = null)
+    private WrittenBatch WriteBatchUnflushed(AlignedBuffer buffer, int recordBytes, int dataBlocks, bool metadataOnly, List<Task>? writes = null, uint? knownDataCrc = null, nint[]? dataPages = null)
     {
+        if (dataPages != null && dataBlocks > 0 && knownDataCrc == null) throw new ArgumentException("a batch gathered from pages needs its data CRC", nameof(knownDataCrc));
         int headerBlocks = BatchHeader.HeaderBlocks(recordBytes);
         if (headerBlocks > MaxHeaderBlocks) throw new InvalidOperationException("batch header too large");
         int totalBlocks = headerBlocks + dataBlocks;
@@ -351,15 +355,20 @@ public sealed partial class Pool
             bytes.Slice(BatchHeader.FixedBytes + recordBytes, headerBlocks * ChunkBytes - BatchHeader.FixedBytes - recordBytes).Clear();
         }
         Span<byte> header = bytes.Slice(headerStart, headerBlocks * ChunkBytes);
-        Span<byte> dataArea = bytes.Slice(MaxHeaderBlocks * ChunkBytes, dataBlocks * ChunkBytes);
-        uint dataCrc = dataBlocks == 0 ? 0 : knownDataCrc ?? Hashing.Crc32C.Compute(dataArea);
+        uint dataCrc = dataBlocks == 0 ? 0 : knownDataCrc ?? Hashing.Crc32C.Compute(bytes.Slice(MaxHeaderBlocks * ChunkBytes, dataBlocks * ChunkBytes));
         ulong seq = _nextSeq;
         BatchHeader.WriteFixed(header, seq, 0, _poolTag, headerBlocks, dataBlocks, recordBytes, _nextSegment, dataCrc, _lastHeaderCrc);
         BatchHeader.Seal(header);
         uint headerCrc = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
 
         long offset = Superblock.BlockOffset(segment * (uint)BlocksPerSegment + offsetBlocks);
-        if (writes == null) WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes);
+        if (dataPages != null)
+        {
+            int headerBytes = headerBlocks * ChunkBytes;
+            if (writes == null) WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks);
+            else writes.Add(Task.Run(() => WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks)));
+        }
+        else if (writes == null) WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes);
         else writes.Add(Task.Run(() => WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes)));
         lock (_sync)
         {
@@ -376,6 +385,19 @@ public sealed partial class Pool
         try
         {
             _device.Write(offset, buffer.Slice(start, length));
+        }
+        catch (IOException e)
+        {
+            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
+            throw _failure!;
+        }
+    }
+
+    private void WriteLogGathered(long offset, AlignedBuffer buffer, int headerStart, int headerBytes, nint[] dataPages, int dataBlocks)
+    {
+        try
+        {
+            _device.WriteGathered(offset, buffer.Slice(headerStart, headerBytes), dataPages.AsSpan(0, dataBlocks));
         }
         catch (IOException e)
         {

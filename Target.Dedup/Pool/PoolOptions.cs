@@ -48,7 +48,7 @@ public sealed record PoolOptions
     /// <summary>Test seam: wraps each opened back-end device (fault injection).</summary>
     internal Func<Device.IBlockDevice, Device.IBlockDevice>? DeviceDecorator { get; init; }
 
-    /// <summary>Test seam: called on the destage thread once a batch was decided from its cache pages, before they are checked for host writes and copied.</summary>
+    /// <summary>Test seam: called on the destage thread once a batch was decided from its cache pages, before it is written from them (a host write meanwhile must go to a new page).</summary>
     internal Action? AfterBatchDecidedFromPages { get; init; }
 }
 

@@ -112,16 +112,21 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task APageWrittenWhileItsBatchIsDecidedIsStoredAsWritten(bool aDuplicate)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public async Task APageWrittenWhileItsBatchIsDecidedIsStoredAsWritten(bool aDuplicate, bool partial)
     {
-        // The destager decides a batch straight from the cache pages. A host write into a page of
-        // the batch after it was decided (block 0: A, stored elsewhere already or not, becomes B)
-        // must not leave A's decision with B's bytes: the batch is decided again from copies.
-        // The pool check recomputes every stored chunk's fingerprint.
+        // The destager decides a batch straight from the cache pages and the device writes the new
+        // chunks from them. A host write into block 0 (A, stored elsewhere already or not) after
+        // its batch was decided, with B or (partial) B's first 512 bytes, must not change the
+        // page in the batch: it goes to a new page that starts as a copy of A (copy-on-write) and
+        // is destaged after the batch lands. The pool check recomputes every stored chunk's fingerprint.
         using var dir = new TempPoolDir();
         byte[] a = Pattern(77, 3), b = Pattern(78, 3);
+        byte[] written = partial ? b[..512] : b;
+        byte[] expected = partial ? [.. b[..512], .. a[512..]] : b;
         Volume? target = null;
         int hooked = 0;
         PoolOptions options = Options(dir.Path, cachePages: 4096) with
@@ -130,7 +135,7 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
             AfterBatchDecidedFromPages = () =>
             {
                 if (target != null && Interlocked.Exchange(ref hooked, 1) == 0)
-                    WriteAsync(target, 0, b).GetAwaiter().GetResult();
+                    WriteAsync(target, 0, written).GetAwaiter().GetResult();
             },
         };
         await using (Pool pool = Pool.Open(options))
@@ -146,15 +151,59 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
             target = v;
             await v.FlushAsync(None);
             Assert.Equal(1, hooked);
-            Assert.Equal(b, await ReadAsync(v, 0, Chunk));
+            Assert.Equal(expected, await ReadAsync(v, 0, Chunk));
         }
         await using (Pool pool = Pool.Open(options with { AfterBatchDecidedFromPages = null }))
         {
             pool.TryGetVolume("v", out Volume v);
-            Assert.Equal(b, await ReadAsync(v, 0, Chunk));
+            Assert.Equal(expected, await ReadAsync(v, 0, Chunk));
             if (aDuplicate) Assert.Equal(a, await ReadAsync(v, 1000 * Chunk, Chunk));
         }
         await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
+    public async Task ABlockRewrittenWhileItsBatchIsInFlightWaitsForThatBatchToLand()
+    {
+        // Block 0 holds A (new chunk Y) in batch 1. Written with B while batch 1 is in flight, it
+        // gets a new page; that page must not go into a batch before batch 1 lands: its Map record
+        // drops what block 0 maps to when it applies (Y), and only a batch built after batch 1
+        // applied counts that drop as pending. Else a third batch writing A elsewhere shares Y
+        // through the in-flight table, and applying the second batch frees Y under it.
+        using var dir = new TempPoolDir();
+        byte[] a = Pattern(91, 1), b = Pattern(92, 1);
+        Volume? target = null;
+        int decided = 0;
+        PoolOptions options = Options(dir.Path, cachePages: 4096) with
+        {
+            DirtyAgeMaxMs = 600_000,
+            AfterBatchDecidedFromPages = () =>
+            {
+                if (target == null) return;
+                int n = Interlocked.Increment(ref decided);
+                if (n == 1) WriteAsync(target, 0, b).GetAwaiter().GetResult();
+                else if (n == 2) WriteAsync(target, 1000 * Chunk, a).GetAwaiter().GetResult();
+            },
+        };
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 64 << 20, 512, None);
+            await WriteAsync(v, 0, a);
+            target = v;
+            await v.FlushAsync(None);
+            await v.FlushAsync(None);
+            await v.FlushAsync(None);
+            Assert.True(decided >= 3, $"{decided} batches decided");
+            Assert.Equal(b, await ReadAsync(v, 0, Chunk));
+            Assert.Equal(a, await ReadAsync(v, 1000 * Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+        await using (Pool pool = Pool.Open(options with { AfterBatchDecidedFromPages = null }))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            Assert.Equal(b, await ReadAsync(v, 0, Chunk));
+            Assert.Equal(a, await ReadAsync(v, 1000 * Chunk, Chunk));
+        }
     }
 
     [Fact]

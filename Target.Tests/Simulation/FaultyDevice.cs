@@ -101,6 +101,16 @@ internal sealed class FaultyDevice : IBlockDevice
         _inner.Write(offsetBytes, source);
     }
 
+    /// <summary>Gathered into one buffer and written as one write (so every fault applies to it alike).</summary>
+    public unsafe void WriteGathered(long offsetBytes, ReadOnlySpan<byte> head, ReadOnlySpan<nint> pages)
+    {
+        using var whole = new AlignedBuffer(head.Length + pages.Length * Sector);
+        head.CopyTo(whole.Span);
+        for (int i = 0; i < pages.Length; i++)
+            new ReadOnlySpan<byte>((void*)pages[i], Sector).CopyTo(whole.Span[(head.Length + i * Sector)..]);
+        Write(offsetBytes, whole.Span);
+    }
+
     public void Flush()
     {
         lock (_gate)
