@@ -43,6 +43,13 @@ public sealed partial class Pool
     /// </summary>
     private const int MaxGroupBatches = 8;
 
+    /// <summary>
+    /// Pages per destage batch: the batch is one gathered write of its header (up to 4 blocks)
+    /// and one segment per new chunk's page, and a request of more segments than the disk's
+    /// queue takes (virtio-blk: max_segments 254) is split in two.
+    /// </summary>
+    private const int MaxBatchPages = 250;
+
     /// <summary>Combines a batch's data CRC with the next chunk's (computed once, not per chunk).</summary>
     private static readonly CrcShift s_chunkCrcShift = Crc32C.ShiftFor(ChunkBytes);
 
@@ -509,7 +516,7 @@ public sealed partial class Pool
         slot.Settled = false;
         lock (_sync)
         {
-            int room = DataRoomLocked();
+            int room = Math.Min(MaxBatchPages, DataRoomLocked());
             while (count < room && _cache.TryPeek(out int page, out long ticket, out long since))
             {
                 if (onlyAged && now - since < _options.DirtyAgeMaxMs) break;
