@@ -1,6 +1,7 @@
 // A minimal io_uring (Linux 5.1+) over raw syscalls: one submission and one completion ring,
 // used by exactly one thread (the ring's owner), which prepares SQEs, submits and reaps CQEs.
-// Only what the engine needs: READ and READ_FIXED (one registered buffer), submit, wait.
+// Only what the engine needs: READ and READ_FIXED (one registered buffer), WRITEV and a
+// draining FSYNC (the destager's journal writes), submit, wait.
 // Invariants: SQEs are written only between head and head + entries (TryGetSqe checks the
 // room); the SQ tail is published with a release store after the SQE is complete; a CQE is
 // consumed (head advanced) only after its fields were read.
@@ -23,6 +24,10 @@ internal sealed unsafe partial class IoUring : IDisposable
     private const uint RegisterBuffers = 0;
     public const byte OpRead = 22;
     public const byte OpReadFixed = 4;
+    private const byte OpWritev = 2;
+    private const byte OpFsync = 3;
+    private const uint FsyncDatasync = 1;
+    private const byte SqeIoDrain = 1 << 1;
     private const int SqeBytes = 64;
     private const int CqeBytes = 16;
 
@@ -124,11 +129,12 @@ internal sealed unsafe partial class IoUring : IDisposable
     /// for use by the calling thread only, or returns null with the reason (old kernel, io_uring
     /// disabled by sysctl or seccomp).
     /// </summary>
-    public static IoUring? TryCreate(uint entries, uint completionEntries, out string? failure)
+    /// <param name="anyThread">The ring is used by one thread at a time but not always the same one: no single-issuer or deferred/cooperative task-work flags.</param>
+    public static IoUring? TryCreate(uint entries, uint completionEntries, out string? failure, bool anyThread = false)
     {
         // Newest flags first: one issuer with deferred task work runs completions only when the
         // owner waits (no interrupts of other threads); older kernels reject the flags (EINVAL).
-        uint[] flagSets = [SetupSingleIssuer | SetupDeferTaskrun, SetupCoopTaskrun, 0];
+        uint[] flagSets = anyThread ? [0] : [SetupSingleIssuer | SetupDeferTaskrun, SetupCoopTaskrun, 0];
         failure = null;
         foreach (uint flags in flagSets)
         {
@@ -163,6 +169,9 @@ internal sealed unsafe partial class IoUring : IDisposable
         return HasFixedBuffer;
     }
 
+    /// <summary>SQEs prepared and not yet submitted.</summary>
+    public uint ToSubmit => _toSubmit;
+
     /// <summary>SQEs that can still be prepared before the next submit.</summary>
     public uint SqRoom => SqEntries - (_sqLocalTail - Volatile.Read(ref *_sqHead));
 
@@ -183,6 +192,53 @@ internal sealed unsafe partial class IoUring : IDisposable
         _toSubmit++;
         Volatile.Write(ref *_sqTail, _sqLocalTail);
         return true;
+    }
+
+    /// <summary>Prepares a vectored write of <paramref name="count"/> iovecs (which must stay valid until it completes); false when the SQ is full.</summary>
+    public bool TryPrepareWritev(int fd, NativeIo.IoVec* iov, int count, long offsetBytes, ulong userData)
+    {
+        if (SqRoom == 0) return false;
+        byte* sqe = NextSqe();
+        sqe[0] = OpWritev;
+        *(int*)(sqe + 4) = fd;
+        *(long*)(sqe + 8) = offsetBytes;
+        *(ulong*)(sqe + 16) = (ulong)iov;
+        *(uint*)(sqe + 24) = (uint)count;
+        *(ulong*)(sqe + 32) = userData;
+        Publish();
+        return true;
+    }
+
+    /// <summary>
+    /// Prepares an fdatasync that starts only once every request submitted before it completed,
+    /// and holds back every request submitted after it until it completed (IOSQE_IO_DRAIN);
+    /// false when the SQ is full.
+    /// </summary>
+    public bool TryPrepareDrainingDatasync(int fd, ulong userData)
+    {
+        if (SqRoom == 0) return false;
+        byte* sqe = NextSqe();
+        sqe[0] = OpFsync;
+        sqe[1] = SqeIoDrain;
+        *(int*)(sqe + 4) = fd;
+        *(uint*)(sqe + 28) = FsyncDatasync;
+        *(ulong*)(sqe + 32) = userData;
+        Publish();
+        return true;
+    }
+
+    private byte* NextSqe()
+    {
+        byte* sqe = _sqes + (_sqLocalTail & _sqMask) * SqeBytes;
+        new Span<byte>(sqe, SqeBytes).Clear();
+        return sqe;
+    }
+
+    private void Publish()
+    {
+        _sqLocalTail++;
+        _toSubmit++;
+        Volatile.Write(ref *_sqTail, _sqLocalTail);
     }
 
     /// <summary>

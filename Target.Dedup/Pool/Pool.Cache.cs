@@ -102,8 +102,10 @@ public sealed partial class Pool
     private const int SlotSets = 2;
     private readonly WrittenBatch[] _groupWritten = new WrittenBatch[SlotSets * MaxGroupBatches];
     private readonly List<Task>[] _groupWrites = PerSet(() => new List<Task>(MaxGroupBatches));
-    /// <summary>Groups written and not yet applied, oldest first: (flush, set, batches).</summary>
-    private readonly Queue<(Task Flush, int Set, int Count)> _groupsInFlight = new(SlotSets);
+    /// <summary>Groups written and not yet applied, oldest first: (flush, set, batches); Flush is null when the log ring carries it.</summary>
+    private readonly Queue<(Task? Flush, int Set, int Count)> _groupsInFlight = new(SlotSets);
+    /// <summary>io_uring for the destager's writes and flushes (null: thread-pool pwritev/fdatasync tasks).</summary>
+    private LogRing? _logRing;
 
     // Per-batch scratch, used only by the destager under the commit mutex while it builds a batch.
     private readonly Fingerprint[] _batchFp = new Fingerprint[MaxBatchBlocks];
@@ -311,6 +313,9 @@ public sealed partial class Pool
             _slots = new DestageSlot[SlotSets * MaxGroupBatches];
             _slots[0] = new DestageSlot(_logBuffer);
             for (int i = 1; i < _slots.Length; i++) _slots[i] = new DestageSlot(new AlignedBuffer(MaxHeaderBlocks * ChunkBytes));
+            string? ringFailure = "NoLogRing";
+            if (!_options.NoLogRing) _logRing = LogRing.TryCreate(_device, _slots.Length, 1 + MaxBatchPages, SlotSets, out ringFailure);
+            if (_logRing == null) _log.LogInformation("destage writes use thread-pool pwritev ({Reason})", ringFailure);
         }
         // Tables left from the last turn name chunks that are in the index now (or were given back).
         foreach (Dictionary<ulong, (int Slot, int New)> table in _groupNew) table.Clear();
@@ -323,12 +328,20 @@ public sealed partial class Pool
             {
                 int written = WriteGroup(set, onlyAged, now, nothingInFlight: _groupsInFlight.Count == 0);
                 if (written == 0) break;
-                List<Task> writes = _groupWrites[set];
-                Task flush = Task.Run(() =>
+                Task? flush = null;
+                if (_logRing != null)
                 {
-                    WaitForWrites(writes, throwOnFailure: true);
-                    FlushLog();
-                });
+                    _logRing.SubmitFlush(set);
+                }
+                else
+                {
+                    List<Task> writes = _groupWrites[set];
+                    flush = Task.Run(() =>
+                    {
+                        WaitForWrites(writes, throwOnFailure: true);
+                        FlushLog();
+                    });
+                }
                 _groupsInFlight.Enqueue((flush, set, written));
                 if (_groupsInFlight.Count == SlotSets) CompleteOldestGroup();
                 set = (set + 1) % SlotSets;
@@ -339,8 +352,9 @@ public sealed partial class Pool
         catch (Exception e)
         {
             // Nothing may still write from the slots' buffers or pages once they are reused.
-            foreach ((Task flush, _, _) in _groupsInFlight) { try { flush.GetAwaiter().GetResult(); } catch (Exception) { } }
+            foreach ((Task? flush, _, _) in _groupsInFlight) { try { flush?.GetAwaiter().GetResult(); } catch (Exception) { } }
             foreach (List<Task> writes in _groupWrites) WaitForWrites(writes, throwOnFailure: false);
+            _logRing?.Drain();
             try
             {
                 // The groups in flight are on disk: the log goes on after them, so they must be applied.
@@ -360,7 +374,7 @@ public sealed partial class Pool
 
     private void CompleteOldestGroup()
     {
-        (Task flush, int set, int count) = _groupsInFlight.Peek();
+        (Task? flush, int set, int count) = _groupsInFlight.Peek();
         CompleteGroup(flush, set, count);
         _groupsInFlight.Dequeue();
     }
@@ -388,7 +402,7 @@ public sealed partial class Pool
             DestageSlot slot = _slots[first + written];
             try
             {
-                _groupWritten[first + written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.NewCount, metadataOnly: false, _groupWrites[set], slot.DataCrc, slot.NewMemory);
+                _groupWritten[first + written] = WriteBatchUnflushed(slot.Buffer, slot.RecordBytes, slot.NewCount, metadataOnly: false, _groupWrites[set], slot.DataCrc, slot.NewMemory, ringSlot: first + written);
             }
             catch (NoSpaceException)
             {
@@ -405,10 +419,25 @@ public sealed partial class Pool
     }
 
     /// <summary>Waits for a group's flush (rethrowing its failure), then applies its batches in order and lands their pages.</summary>
-    private void CompleteGroup(Task flush, int set, int count)
+    private void CompleteGroup(Task? flush, int set, int count)
     {
         long start = Stopwatch.GetTimestamp();
-        flush.GetAwaiter().GetResult();
+        if (flush != null)
+        {
+            flush.GetAwaiter().GetResult();
+        }
+        else
+        {
+            try
+            {
+                _logRing!.WaitGroup(set, set * MaxGroupBatches, count);
+            }
+            catch (IOException e)
+            {
+                Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
+                throw _failure!;
+            }
+        }
         Interlocked.Add(ref _destageDeviceWaitTicks, Stopwatch.GetTimestamp() - start);
         Interlocked.Increment(ref _destageGroups);
         int first = set * MaxGroupBatches;

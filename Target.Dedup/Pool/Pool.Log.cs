@@ -315,9 +315,11 @@ public sealed partial class Pool
     /// CRC-32C when the caller already has it (combined from the chunks' CRCs). With
     /// <paramref name="dataPages"/> (and the CRC known), the data blocks are not in the buffer but
     /// at those 4 KiB addresses, which must not change until the write completed: the device
-    /// gathers them after the header. Caller holds the commit mutex.
+    /// gathers them after the header; with the log ring, the write is submitted there as
+    /// <paramref name="ringSlot"/> (and reaped by its group's WaitGroup) instead of a task in
+    /// <paramref name="writes"/>. Caller holds the commit mutex.
     /// </summary>
-    private WrittenBatch WriteBatchUnflushed(AlignedBuffer buffer, int recordBytes, int dataBlocks, bool metadataOnly, List<Task>? writes = null, uint? knownDataCrc = null, nint[]? dataPages = null)
+    private WrittenBatch WriteBatchUnflushed(AlignedBuffer buffer, int recordBytes, int dataBlocks, bool metadataOnly, List<Task>? writes = null, uint? knownDataCrc = null, nint[]? dataPages = null, int ringSlot = -1)
     {
         if (dataPages != null && dataBlocks > 0 && knownDataCrc == null) throw new ArgumentException("a batch gathered from pages needs its data CRC", nameof(knownDataCrc));
         int headerBlocks = BatchHeader.HeaderBlocks(recordBytes);
@@ -365,7 +367,19 @@ public sealed partial class Pool
         if (dataPages != null)
         {
             int headerBytes = headerBlocks * ChunkBytes;
-            if (writes == null) WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks);
+            if (_logRing != null && ringSlot >= 0)
+            {
+                try
+                {
+                    _logRing.SubmitWrite(ringSlot, offset, buffer.Slice(headerStart, headerBytes), dataPages.AsSpan(0, dataBlocks));
+                }
+                catch (IOException e)
+                {
+                    Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
+                    throw _failure!;
+                }
+            }
+            else if (writes == null) WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks);
             else writes.Add(Task.Run(() => WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks)));
         }
         else if (writes == null) WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes);

@@ -418,6 +418,7 @@ public sealed partial class Pool : IAsyncDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        _logRing?.Dispose();
         _device.Dispose();
         _lock.Dispose();
         _state.Dispose();

@@ -45,6 +45,9 @@ public sealed record PoolOptions
     /// <summary>Test seam: replaces the fingerprint function (collision tests). Must match <see cref="Fingerprint"/>'s persisted algorithm semantics only in tests.</summary>
     internal IFingerprinter? FingerprinterOverride { get; init; }
 
+    /// <summary>Destage writes and flushes run as thread-pool pwritev/fdatasync tasks instead of through io_uring (the fallback where io_uring is missing; tests and A/B runs).</summary>
+    public bool NoLogRing { get; init; }
+
     /// <summary>Test seam: wraps each opened back-end device (fault injection).</summary>
     internal Func<Device.IBlockDevice, Device.IBlockDevice>? DeviceDecorator { get; init; }
 
