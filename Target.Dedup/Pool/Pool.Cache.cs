@@ -60,7 +60,7 @@ public sealed partial class Pool
         public readonly int[] Page = new int[MaxBatchBlocks];
         public readonly long[] Key = new long[MaxBatchBlocks];
         public readonly long[] Ticket = new long[MaxBatchBlocks];
-        /// <summary>Each page's digest when taken (used only while the batch is decided from the pages).</summary>
+        /// <summary>Each page's digest when taken.</summary>
         public readonly PageDigest[] Digest = new PageDigest[MaxBatchBlocks];
         public readonly uint[] NewIds = new uint[MaxBatchBlocks];
         /// <summary>For each new chunk, the position in the batch of the first page holding it.</summary>
@@ -113,7 +113,7 @@ public sealed partial class Pool
     private readonly int[] _batchNewIndex = new int[MaxBatchBlocks];
     /// <summary>The first page of the batch holding each new chunk.</summary>
     private readonly int[] _batchFirstOfNew = new int[MaxBatchBlocks];
-    /// <summary>The batch being built, and whether it is decided from its cache pages (else from copies in its data area).</summary>
+    /// <summary>The batch being built (DecideBatch reads its cache pages).</summary>
     private DestageSlot? _buildSlot;
     private readonly uint[] _candidateIds = new uint[MaxBatchBlocks * MaxCandidates];
     private readonly uint[] _candidateLocations = new uint[MaxBatchBlocks * MaxCandidates];
@@ -289,7 +289,8 @@ public sealed partial class Pool
     /// Destages in groups: up to MaxGroupBatches batches, each written as soon as it is built,
     /// then one fdatasync for the group, then each batch applied in log order and its pages
     /// landed. Groups are pipelined over SlotSets sets of slots: while the writes and fdatasyncs
-    /// of the groups before run on the thread pool, the next group is built and written; once
+    /// of the groups before run (in the log ring, or as thread-pool tasks without it), the next
+    /// group is built and written; once
     /// every set is in use, the oldest group is applied when its flush returned (groups apply in
     /// order). A turn runs up to MaxGroupsPerTurn groups, and nothing is in flight when it returns.
     /// Caller holds the commit mutex (so no other metadata change runs). A group stops early
