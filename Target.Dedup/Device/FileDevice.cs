@@ -114,28 +114,34 @@ public sealed unsafe class FileDevice : IBlockDevice
                 if (pages[i] % PageBytes != 0) throw new ArgumentException($"unaligned page address for a gathered write: {pages[i]:x}");
                 iov[count++] = new NativeIo.IoVec { Base = (void*)pages[i], Length = PageBytes };
             }
-            long done = 0;
-            int first = 0;
-            while (done < total)
+            WriteVectors(_fd, iov, count, offsetBytes, Name);
+        }
+    }
+
+    /// <summary>pwritev of <paramref name="count"/> iovecs at <paramref name="offsetBytes"/>, retried past short writes and EINTR until all is written (the iovecs are advanced in place).</summary>
+    internal static void WriteVectors(int fd, NativeIo.IoVec* iov, int count, long offsetBytes, string name)
+    {
+        int first = 0;
+        while (first < count)
+        {
+            nint n = NativeIo.PWriteV(fd, iov + first, count - first, offsetBytes);
+            if (n < 0)
             {
-                nint n = NativeIo.PWriteV(_fd, iov + first, count - first, offsetBytes + done);
-                if (n < 0)
-                {
-                    if (Marshal.GetLastPInvokeError() == NativeIo.EINTR) continue;
-                    throw NativeIo.Error($"pwritev at {offsetBytes + done}", Name);
-                }
-                done += n;
-                // A short write: skip the vectors written whole, trim the one written in part.
-                while (first < count && n >= (nint)iov[first].Length)
-                {
-                    n -= (nint)iov[first].Length;
-                    first++;
-                }
-                if (n > 0)
-                {
-                    iov[first].Base = (byte*)iov[first].Base + n;
-                    iov[first].Length -= (nuint)n;
-                }
+                if (Marshal.GetLastPInvokeError() == NativeIo.EINTR) continue;
+                throw NativeIo.Error($"pwritev at {offsetBytes}", name);
+            }
+            if (n == 0) throw new IOException($"pwritev {name} at {offsetBytes}: nothing written");
+            offsetBytes += n;
+            // A short write: skip the vectors written whole, trim the one written in part.
+            while (first < count && n >= (nint)iov[first].Length)
+            {
+                n -= (nint)iov[first].Length;
+                first++;
+            }
+            if (n > 0)
+            {
+                iov[first].Base = (byte*)iov[first].Base + n;
+                iov[first].Length -= (nuint)n;
             }
         }
     }

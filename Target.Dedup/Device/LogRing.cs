@@ -135,23 +135,7 @@ internal sealed unsafe class LogRing : IDisposable
             rest[n++] = new NativeIo.IoVec { Base = (byte*)iov[i].Base + skip, Length = (nuint)(length - skip) };
             skip = 0;
         }
-        long offset = _offset[slot] + done;
-        fixed (NativeIo.IoVec* r = rest)
-        {
-            int first = 0;
-            while (first < n)
-            {
-                nint written = NativeIo.PWriteV(_device.Descriptor, r + first, n - first, offset);
-                if (written < 0)
-                {
-                    if (Marshal.GetLastPInvokeError() == NativeIo.EINTR) continue;
-                    throw NativeIo.Error($"pwritev at {offset}", _device.Name);
-                }
-                offset += written;
-                while (first < n && written >= (nint)r[first].Length) { written -= (nint)r[first].Length; first++; }
-                if (written > 0) { r[first].Base = (byte*)r[first].Base + written; r[first].Length -= (nuint)written; }
-            }
-        }
+        fixed (NativeIo.IoVec* r = rest) FileDevice.WriteVectors(_device.Descriptor, r, n, _offset[slot] + done, _device.Name);
     }
 
     private void Submit()

@@ -2,16 +2,20 @@
 // buffer and scattered pages land where they were aimed, in order, across two groups whose
 // flushes drain them; a write the kernel refuses (a page address O_DIRECT cannot use) is an
 // IOException from WaitGroup, not a silent success; and a drain leaves nothing in flight.
+// The fallback without the ring (FileDevice.WriteGathered, thread-pool tasks) stores a pool's
+// writes just as well.
+using Target.Dedup;
 using Target.Dedup.Device;
+using static Target.Tests.Engine.EngineTest;
 
 namespace Target.Tests.Engine;
 
-public sealed unsafe class LogRingTests
+public sealed class LogRingTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private const int Page = DeviceConstants.SectorBytes;
 
     [Fact]
-    public void GatheredBatchesOfTwoGroupsLandWhereTheyWereAimed()
+    public unsafe void GatheredBatchesOfTwoGroupsLandWhereTheyWereAimed()
     {
         using var dir = new TempPoolDir();
         using FileDevice device = FileDevice.Open(dir.DeviceFile, direct: true, createSizeBytes: 64 * Page);
@@ -50,7 +54,7 @@ public sealed unsafe class LogRingTests
     }
 
     [Fact]
-    public void AWriteTheKernelRefusesIsAnErrorAndTheRingDrains()
+    public unsafe void AWriteTheKernelRefusesIsAnErrorAndTheRingDrains()
     {
         using var dir = new TempPoolDir();
         using FileDevice device = FileDevice.Open(dir.DeviceFile, direct: true, createSizeBytes: 16 * Page);
@@ -68,5 +72,44 @@ public sealed unsafe class LogRingTests
         ring.Drain();
         Assert.Equal(0, ring.Outstanding);
         Assert.Throws<ArgumentException>(() => ring.SubmitWrite(0, 16 * Page, header.Span, []));
+    }
+
+    [Fact]
+    public unsafe void AGatheredWriteWithoutTheRingLandsAsOneRange()
+    {
+        using var dir = new TempPoolDir();
+        using FileDevice device = FileDevice.Open(dir.DeviceFile, direct: true, createSizeBytes: 16 * Page);
+        using var header = new AlignedBuffer(2 * Page);
+        using var pages = new AlignedBuffer(4 * Page);
+        header.Span.Fill(0xEE);
+        for (int i = 0; i < 4; i++) pages.Span.Slice(i * Page, Page).Fill((byte)(0x30 + i));
+        nint[] order = new[] { 3, 1, 2 }.Select(i => (nint)((byte*)pages.Pointer + (long)i * Page)).ToArray();
+        device.WriteGathered(5 * Page, header.Span, order);
+        using var read = new AlignedBuffer(5 * Page);
+        device.Read(5 * Page, read.Span);
+        Assert.True(read.Span[..(2 * Page)].IndexOfAnyExcept((byte)0xEE) < 0);
+        byte[] expected = [0x33, 0x31, 0x32];
+        for (int k = 0; k < 3; k++) Assert.True(read.Span.Slice((2 + k) * Page, Page).IndexOfAnyExcept(expected[k]) < 0, $"page {k}");
+    }
+
+    [Fact]
+    public async Task APoolWithoutTheRingStoresAndReplaysItsWrites()
+    {
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path, cachePages: 2048) with { NoLogRing = true };
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 16 << 20, 512, CancellationToken.None);
+            for (long block = 0; block < 1200; block++) await WriteAsync(v, block * Chunk, Pattern(block, 1));
+            await v.FlushAsync(CancellationToken.None);
+            for (long block = 0; block < 1200; block += 3) await WriteAsync(v, block * Chunk, Pattern(block, 2));
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            for (long block = 0; block < 1200; block++)
+                Assert.Equal(Pattern(block, block % 3 == 0 ? 2 : 1), await ReadAsync(v, block * Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
     }
 }
