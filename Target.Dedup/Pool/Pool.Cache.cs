@@ -472,8 +472,7 @@ public sealed partial class Pool
             for (int i = 0; i < slot.Count; i++)
             {
                 if (!_cache.Requeue(slot.Page[i], now)) continue;
-                ReleasePageReservationLocked();
-                VolumeOfKey(slot.Key[i])?.PageLeftCache();
+                PageLeftCacheLocked(slot.Key[i]);
                 freed = true;
             }
             ReleasePendingDropsLocked(slot);
@@ -499,8 +498,7 @@ public sealed partial class Pool
                 slot.Freed[i] = _cache.Landed(slot.Page[i], slot.Ticket[i]);
                 if (slot.Freed[i])
                 {
-                    ReleasePageReservationLocked();
-                    VolumeOfKey(slot.Key[i])?.PageLeftCache();
+                    PageLeftCacheLocked(slot.Key[i]);
                     freed = true;
                 }
             }
@@ -559,8 +557,7 @@ public sealed partial class Pool
                     // Written while its volume was being deleted or shrunk, after that swept the cache: nothing
                     // to store, and a Map record for it could never be applied (at run time or in replay).
                     _cache.Drop(page);
-                    ReleasePageReservationLocked();
-                    VolumeOfKey(pageKey)?.PageLeftCache();
+                    PageLeftCacheLocked(pageKey);
                     _pageFreed.Set();
                     continue;
                 }
@@ -728,6 +725,13 @@ public sealed partial class Pool
     }
 
     private Volume? VolumeOfKey(long key) => _volumes.TryGetValue(WriteCache.VolumeOf(key), out Volume? v) ? v : null;
+
+    /// <summary>A page of <paramref name="key"/> left the write cache: its space reservation ends and its volume counts one page less. Caller holds the pool lock.</summary>
+    private void PageLeftCacheLocked(long key)
+    {
+        ReleasePageReservationLocked();
+        VolumeOfKey(key)?.PageLeftCache();
+    }
 
     /// <summary>
     /// Compares the first candidate of every page in the read cache (_cachedVerdict), and reads the
