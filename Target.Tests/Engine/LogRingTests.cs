@@ -14,13 +14,17 @@ public sealed class LogRingTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private const int Page = DeviceConstants.SectorBytes;
 
+    /// <summary>A log ring on <paramref name="device"/>; this machine has io_uring, so its absence fails the test.</summary>
+    private static LogRing RingOn(FileDevice device, int slots, int vectorsPerSlot, int groups) =>
+        LogRing.TryCreate(device, slots, vectorsPerSlot, groups, out string? failure)
+            ?? throw new InvalidOperationException("io_uring is required on this machine: " + failure);
+
     [Fact]
     public unsafe void GatheredBatchesOfTwoGroupsLandWhereTheyWereAimed()
     {
         using var dir = new TempPoolDir();
         using FileDevice device = FileDevice.Open(dir.DeviceFile, direct: true, createSizeBytes: 64 * Page);
-        using LogRing ring = LogRing.TryCreate(device, slots: 4, vectorsPerSlot: 8, groups: 2, out string? failure)
-            ?? throw new InvalidOperationException("io_uring is required on this machine: " + failure);
+        using LogRing ring = RingOn(device, slots: 4, vectorsPerSlot: 8, groups: 2);
         using var headers = new AlignedBuffer(4 * Page);
         using var pages = new AlignedBuffer(16 * Page);
         for (int i = 0; i < 4; i++) headers.Span.Slice(i * Page, Page).Fill((byte)(0xA0 + i));
@@ -58,8 +62,7 @@ public sealed class LogRingTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         using var dir = new TempPoolDir();
         using FileDevice device = FileDevice.Open(dir.DeviceFile, direct: true, createSizeBytes: 16 * Page);
-        using LogRing ring = LogRing.TryCreate(device, slots: 2, vectorsPerSlot: 4, groups: 1, out string? failure)
-            ?? throw new InvalidOperationException("io_uring is required on this machine: " + failure);
+        using LogRing ring = RingOn(device, slots: 2, vectorsPerSlot: 4, groups: 1);
         using var header = new AlignedBuffer(Page);
         using var pages = new AlignedBuffer(2 * Page);
         // O_DIRECT wants memory aligned to the disk's sector: a page address 1 byte in is refused (EINVAL).
