@@ -14,6 +14,7 @@
 using System.Runtime.InteropServices;
 using Target.Dedup.Device;
 using Target.Dedup.Hashing;
+using Target.Dedup.Index;
 
 namespace Target.Dedup.Engine;
 
@@ -31,7 +32,7 @@ internal enum DigestKind : byte
 /// bytes are hot in the CPU cache (a whole-chunk write), so destage does not read a page back
 /// from memory just to fingerprint it.
 /// </summary>
-internal readonly struct PageDigest(DigestKind kind, Fingerprint fingerprint, uint crc)
+internal readonly struct PageDigest(DigestKind kind, Fingerprint fingerprint, uint crc, uint equalTo = 0, ulong freedAt = 0)
 {
     public static readonly PageDigest None = default;
 
@@ -39,11 +40,26 @@ internal readonly struct PageDigest(DigestKind kind, Fingerprint fingerprint, ui
     public readonly Fingerprint Fingerprint = fingerprint;
     /// <summary>CRC-32C of the page's 4 KiB.</summary>
     public readonly uint Crc = crc;
+    /// <summary>
+    /// A stored chunk the writer compared byte for byte with these bytes (in the read cache,
+    /// while they were hot) and found equal; 0 if none. It still holds them while the chunk table
+    /// has freed no id since (<see cref="FreedAt"/>): a chunk's bytes change only by its id being
+    /// freed and reused.
+    /// </summary>
+    public readonly uint EqualTo = equalTo;
+    /// <summary><see cref="Target.Dedup.Index.ChunkTable.FreedCount"/> when <see cref="EqualTo"/> was compared.</summary>
+    public readonly ulong FreedAt = freedAt;
 
-    public static PageDigest Of(ReadOnlySpan<byte> chunk, IFingerprinter fingerprinter) =>
-        Pool.IsAllZero(chunk)
-            ? new PageDigest(DigestKind.Zero, default, 0)
-            : new PageDigest(DigestKind.Data, fingerprinter.Compute(chunk), Crc32C.Compute(chunk));
+    public PageDigest WithEqualChunk(uint id, ulong freedAt) => new(Kind, Fingerprint, Crc, id, freedAt);
+
+    /// <summary>The digest of a whole chunk; <paramref name="index"/>'s home slot for the fingerprint is prefetched before the CRC runs.</summary>
+    public static PageDigest Of(ReadOnlySpan<byte> chunk, IFingerprinter fingerprinter, DedupIndex index)
+    {
+        if (Pool.IsAllZero(chunk)) return new PageDigest(DigestKind.Zero, default, 0);
+        Fingerprint fingerprint = fingerprinter.Compute(chunk);
+        index.PrefetchHome(DedupIndex.HighOf(fingerprint.Low));
+        return new PageDigest(DigestKind.Data, fingerprint, Crc32C.Compute(chunk));
+    }
 }
 
 internal enum PageState : byte

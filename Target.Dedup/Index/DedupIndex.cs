@@ -44,7 +44,11 @@ public sealed unsafe class DedupIndex : IDisposable
     private const uint TagMask = 0xFFFF_FF00;
     private const uint DistanceSaturated = 0xFF;
 
-    /// <summary>A hint: starts loading the home slot of a fingerprint's 32 high bits (FpHigh) into the CPU cache.</summary>
+    /// <summary>
+    /// A hint: starts loading the home slot of a fingerprint's 32 high bits (FpHigh) into the CPU
+    /// cache. Safe without the lock that guards the index: a prefetch never faults, so one that
+    /// races a resize (old array, new capacity) only loads a useless line.
+    /// </summary>
     public void PrefetchHome(uint fpHigh)
     {
         if (Sse.IsSupported) Sse.Prefetch0(_slots + Home(fpHigh, _capacity));

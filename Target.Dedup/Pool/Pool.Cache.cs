@@ -131,7 +131,7 @@ public sealed partial class Pool
     /// </summary>
     private readonly Dictionary<uint, int> _pendingDrops = new();
     private readonly int[] _prefetchAt = new int[MaxBatchBlocks];
-    /// <summary>Page i's first candidate was compared in the read cache: 1 equal, 2 different, 0 not cached.</summary>
+    /// <summary>Page i's first candidate was compared in the read cache (by the destager, or by the writer: <see cref="PageDigest.EqualTo"/>): 1 equal, 2 different, 0 not cached.</summary>
     private readonly byte[] _cachedVerdict = new byte[MaxBatchBlocks];
     private readonly uint[] _prefetchLocations = new uint[MaxBatchBlocks];
     private readonly int[] _prefetchPages = new int[MaxBatchBlocks];
@@ -651,12 +651,17 @@ public sealed partial class Pool
         // but reads of the chunk table race nothing else either; the lock keeps the rules simple).
         lock (_sync)
         {
+            ulong freedCount = _state.Chunks.FreedCount;
             for (int i = 0; i < count; i++)
             {
                 _candidateCount[i] = 0;
+                _cachedVerdict[i] = 0;
                 if (_batchValue[i] == ChunkTable.ZeroId) continue;
                 Span<uint> ids = _candidateIds.AsSpan(i * MaxCandidates, MaxCandidates);
                 int found = _state.Index.FindCandidates(_batchFp[i].Low, ids);
+                ref readonly PageDigest digest = ref _buildSlot!.Digest[i];
+                // The writer found the page equal to a stored chunk, and no id was freed since.
+                uint equalTo = digest.FreedAt == freedCount ? digest.EqualTo : 0;
                 int n = 0;
                 for (int k = 0; k < found; k++)
                 {
@@ -666,9 +671,11 @@ public sealed partial class Pool
                     ids[n] = ids[k];
                     _candidateLocations[i * MaxCandidates + n] = e.Location;
                     _candidateCrcs[i * MaxCandidates + n] = e.Crc;
+                    if (ids[n] == equalTo) SwapCandidates(i, 0, n);
                     n++;
                 }
                 _candidateCount[i] = n;
+                if (n > 0 && ids[0] == equalTo) _cachedVerdict[i] = 1;
             }
         }
 
@@ -706,6 +713,15 @@ public sealed partial class Pool
             _batchLocal.TryAdd(_batchFp[i].Low, i);
         }
         return newCount;
+    }
+
+    /// <summary>Swaps page i's candidates a and b.</summary>
+    private void SwapCandidates(int i, int a, int b)
+    {
+        int at = i * MaxCandidates;
+        (_candidateIds[at + a], _candidateIds[at + b]) = (_candidateIds[at + b], _candidateIds[at + a]);
+        (_candidateLocations[at + a], _candidateLocations[at + b]) = (_candidateLocations[at + b], _candidateLocations[at + a]);
+        (_candidateCrcs[at + a], _candidateCrcs[at + b]) = (_candidateCrcs[at + b], _candidateCrcs[at + a]);
     }
 
     /// <summary>
@@ -748,8 +764,7 @@ public sealed partial class Pool
             for (int i = 0; i < count; i++)
             {
                 _prefetchAt[i] = -1;
-                _cachedVerdict[i] = 0;
-                if (_candidateCount[i] == 0) continue;
+                if (_candidateCount[i] == 0 || _cachedVerdict[i] != 0) continue;
                 // In the read cache: compare there and then, in place, all in this one hold of the
                 // lock (one lock per chunk collided with writers copying whole requests under it).
                 if (_chunkCache.TryCompare(_candidateIds[i * MaxCandidates], BuildData(i), out bool equal))

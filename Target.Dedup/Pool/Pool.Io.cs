@@ -340,7 +340,7 @@ public sealed partial class Pool : IRingReadClient
         while (pieces < digests.Length && at < source.Length)
         {
             int n = Math.Min(ChunkBytes - (int)((position + at) % ChunkBytes), source.Length - at);
-            digests[pieces++] = n == ChunkBytes ? PageDigest.Of(source.Slice(at, n), _fingerprinter) : PageDigest.None;
+            digests[pieces++] = n == ChunkBytes ? PageDigest.Of(source.Slice(at, n), _fingerprinter, _state.Index) : PageDigest.None;
             at += n;
         }
         return pieces;
@@ -390,7 +390,7 @@ public sealed partial class Pool : IRingReadClient
         int page = WritablePageLocked(key, wholeChunk: n == ChunkBytes, out bool isNew);
         if (page < 0) return false;
         source[..n].CopyTo(_cache.Data(page)[inChunk..]);
-        _cache.MarkDirty(page, NowMs(), isNew, n == ChunkBytes ? digest : PageDigest.None);
+        _cache.MarkDirty(page, NowMs(), isNew, n == ChunkBytes ? WithEqualCachedChunkLocked(digest, source[..n]) : PageDigest.None);
         if (isNew)
         {
             volume.PageEnteredCache();
@@ -399,6 +399,23 @@ public sealed partial class Pool : IRingReadClient
         lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
         done += n;
         return true;
+    }
+
+    /// <summary>
+    /// <paramref name="digest"/> with the stored chunk that holds <paramref name="chunk"/>'s bytes,
+    /// when the index's first candidate is in the read cache and compares equal: the comparison
+    /// runs here, while the writer's bytes are hot, instead of in the destager against a page
+    /// gone cold (rewriting data already stored; the destager trusts it only while no chunk id
+    /// was freed since). Caller holds the pool lock (the index and the read cache change under it).
+    /// </summary>
+    private PageDigest WithEqualCachedChunkLocked(in PageDigest digest, ReadOnlySpan<byte> chunk)
+    {
+        if (digest.Kind != DigestKind.Data || _chunkCache.Slots == 0) return digest;
+        uint candidate = 0;
+        if (_state.Index.FindCandidates(digest.Fingerprint.Low, new Span<uint>(ref candidate)) == 0) return digest;
+        return _chunkCache.TryCompare(candidate, chunk, out bool equal) && equal
+            ? digest.WithEqualChunk(candidate, _state.Chunks.FreedCount)
+            : digest;
     }
 
     /// <summary>

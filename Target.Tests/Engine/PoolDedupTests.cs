@@ -5,6 +5,7 @@
 // chunks (no new unique chunk) and is independent of later writes to its source; refcounts
 // stay equal to references (the checker proves it).
 using Target.Dedup;
+using Target.Dedup.Hashing;
 using Xunit.Abstractions;
 using static Target.Tests.Engine.EngineTest;
 
@@ -295,6 +296,42 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task AWritersVerdictIsNotTrustedOnceItsChunkIdWasFreedAndReused()
+    {
+        // Block 1 is written with P while P is stored as chunk X and read-cached: the writer finds
+        // them equal. Before block 1 destages, X's only reference is trimmed (X is freed) and R,
+        // which collides with P's fingerprint, is stored under the reused id X by a group applied
+        // before block 1's batch is built. Block 1 must still read P: the destager compares again.
+        using var dir = new TempPoolDir();
+        byte[] p = Pattern(1, 1), r = Pattern(2, 1);
+        var fingerprinter = new PairCollidingFingerprinter(p, r);
+        // A cache the fillers do not push past the destage watermark, and no destage by age.
+        PoolOptions options = Options(dir.Path, segments: 64, cachePages: 16384) with { FingerprinterOverride = fingerprinter, DirtyAgeMaxMs = 600_000 };
+        const int fillers = 4500; // more than two groups (2 x 8 x 250 pages) between block 2 and block 1
+        byte[] shadow = new byte[(fillers + 16) * Chunk];
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", shadow.Length, 512, None);
+            async Task Write(long block, byte[] data) { await WriteAsync(v, block * Chunk, data); data.CopyTo(shadow, block * Chunk); }
+            await Write(0, p);
+            await v.FlushAsync(None);
+            await Write(2, Pattern(2, 0)); // block 2's page is queued first ...
+            for (long b = 16; b < 16 + fillers; b++) await Write(b, Pattern(b, 1));
+            await Write(1, p); // ... block 1's last: the writer finds it equal to X
+            await v.TrimAsync(0, Chunk, None); // X is freed
+            Array.Clear(shadow, 0, Chunk);
+            await Write(2, r); // in place: block 2's page keeps its place at the head of the queue
+            await v.FlushAsync(None);
+            await AssertContentAsync(v, shadow, "after destage");
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            await AssertContentAsync(v, shadow, "after reopen");
+        }
+    }
+
+    [Fact]
     public async Task RewritingStoredDataSharesItWhenNoneOfItIsCached()
     {
         // No read cache: every candidate is verified from the device, by the destager's reads of
@@ -470,4 +507,15 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
         await v.FlushAsync(None);
         return pool.GetStats();
     }
+}
+
+/// <summary>XXH3, except that two given contents get one fingerprint (a forced collision).</summary>
+internal sealed class PairCollidingFingerprinter(byte[] a, byte[] b) : IFingerprinter
+{
+    private readonly IFingerprinter _real = Fingerprinters.Create(FingerprintAlgorithm.Xxh3_128);
+
+    public FingerprintAlgorithm Algorithm => FingerprintAlgorithm.Xxh3_128;
+
+    public Fingerprint Compute(ReadOnlySpan<byte> data) =>
+        data.SequenceEqual(b) ? _real.Compute(a) : _real.Compute(data);
 }
