@@ -22,8 +22,8 @@ public sealed partial class Pool
 
     private readonly WriteCache _cache;
     private readonly AlignedBuffer _verifyBuffer;
-    private readonly Signal _destageWake = new();
-    private readonly Signal _pageFreed = new();
+    private readonly Signal _destageWake = new(DestageTickMs);
+    private readonly Signal _pageFreed = new(DestageTickMs);
     private readonly List<(long Ticket, TaskCompletionSource Done)> _flushWaiters = new();
     private readonly CancellationTokenSource _stop = new();
     private Task? _destager;
@@ -187,7 +187,7 @@ public sealed partial class Pool
         bool draining = false;
         while (!_stop.IsCancellationRequested)
         {
-            await _destageWake.WaitAsync(DestageTickMs, _stop.Token).ConfigureAwait(false);
+            await _destageWake.WaitAsync().ConfigureAwait(false);
             while (!_stop.IsCancellationRequested)
             {
                 bool urgent, aged;

@@ -32,8 +32,8 @@ public sealed partial class Pool
     /// <summary>How long a writer waits for the cleaner to free space before it gets ENOSPC.</summary>
     private const int SpaceWaitMaxMs = 30_000;
 
-    private readonly Signal _cleanerWake = new();
-    private readonly Signal _spaceFreed = new();
+    private readonly Signal _cleanerWake = new(CleanerTickMs);
+    private readonly Signal _spaceFreed = new(CleanerTickMs);
     private Task? _cleaner;
     private long[] _segmentSealedMs = Array.Empty<long>();
     private AlignedBuffer? _cleanerBuffer;
@@ -85,7 +85,7 @@ public sealed partial class Pool
     {
         while (!_stop.IsCancellationRequested)
         {
-            await _cleanerWake.WaitAsync(CleanerTickMs, _stop.Token).ConfigureAwait(false);
+            await _cleanerWake.WaitAsync().ConfigureAwait(false);
             if (_stop.IsCancellationRequested || _failure != null) break;
             try
             {

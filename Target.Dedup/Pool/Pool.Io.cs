@@ -2,7 +2,9 @@
 // the chunk's CRC), writes into the cache (read-modify-write for partial chunks), trim and
 // write-zeroes as journalled map ranges, allocation queries, compare-and-write, and copy by
 // reference. Invariant: a read never returns bytes that fail their CRC; unmapped reads are zeros.
+using System.Buffers;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
 using Target.Dedup.Device;
 using Target.Dedup.Engine;
@@ -355,6 +357,7 @@ public sealed partial class Pool : IRingReadClient
         return ValueTask.CompletedTask;
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteSlowAsync(Volume volume, long offset, ReadOnlyMemory<byte> source, int done, long lastTicket, WriteFlags flags, CancellationToken ct)
     {
         while (done < source.Length)
@@ -437,70 +440,79 @@ public sealed partial class Pool : IRingReadClient
 
     /// <summary>The slow path for one chunk piece: waits for a free page, reads the old chunk for a partial write.</summary>
     /// <param name="digest">The piece's digest if it is a whole chunk (else None).</param>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask PutSlowAsync(Volume volume, long position, ReadOnlyMemory<byte> source, PageDigest digest, CancellationToken ct)
     {
         long block = position / ChunkBytes;
         int inChunk = (int)(position % ChunkBytes);
         int n = Math.Min(ChunkBytes - inChunk, source.Length);
         long key = WriteCache.KeyOf(volume.State.Id, block);
-        byte[] old = new byte[ChunkBytes];
+        bool partial = n != ChunkBytes;
+        // Old bytes only for a partial chunk, rented: this path runs per request while the cache is full.
+        byte[]? old = partial ? ArrayPool<byte>.Shared.Rent(ChunkBytes) : null;
         long spaceDeadline = 0;
-        while (true)
+        try
         {
-            ct.ThrowIfCancellationRequested();
-            ThrowIfFailed();
-            bool needPage;
-            uint observed;
-            lock (_sync)
+            while (true)
             {
-                needPage = !_cache.HasFreePage;
-                observed = volume.State.Map.Get(block);
-            }
-            if (needPage)
-            {
+                ct.ThrowIfCancellationRequested();
+                ThrowIfFailed();
+                bool needPage;
+                uint observed;
+                lock (_sync)
+                {
+                    needPage = !_cache.HasFreePage;
+                    observed = volume.State.Map.Get(block);
+                }
+                if (needPage)
+                {
+                    _destageWake.Set();
+                    await _pageFreed.WaitAsync().ConfigureAwait(false);
+                    continue;
+                }
+                if (partial)
+                {
+                    if (observed >= ChunkTable.FirstChunkId) ReadMappedChunk(observed, old.AsSpan(0, ChunkBytes));
+                    else Array.Clear(old!, 0, ChunkBytes);
+                }
+                lock (_sync)
+                {
+                    bool cached = _cache.TryFind(key, out int page);
+                    if (cached && _cache.State(page) == PageState.Dirty)
+                    {
+                        source.Span[..n].CopyTo(_cache.Data(page)[inChunk..]);
+                        _cache.MarkDirty(page, NowMs(), isNew: false, partial ? PageDigest.None : digest);
+                        return;
+                    }
+                    if (!_cache.HasFreePage) continue;
+                    if (!cached && volume.State.Map.Get(block) != observed) continue;
+                    if (TryReserveForPageLocked())
+                    {
+                        // A page in a batch in flight keeps its bytes: the write goes to a copy (WritablePageLocked).
+                        page = cached ? _cache.Supersede(page, copyBytes: partial) : _cache.Add(key);
+                        Span<byte> data = _cache.Data(page);
+                        if (partial && !cached) old.AsSpan(0, ChunkBytes).CopyTo(data);
+                        source.Span[..n].CopyTo(data[inChunk..]);
+                        _cache.MarkDirty(page, NowMs(), isNew: true, partial ? PageDigest.None : digest);
+                        volume.PageEnteredCache();
+                        if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
+                        return;
+                    }
+                    // No space: wait while the cleaner (or destage of dedupable pages) can give some back.
+                    // Dirty pages hold a worst-case reservation (a data block and a whole header block
+                    // each); destaging them gives back what they do not use, so wait for that too.
+                    if (!SpaceReclaimableLocked() && _reservedBlocks == 0) throw new NoSpaceException($"pool {Uuid} is full");
+                    if (spaceDeadline == 0) spaceDeadline = NowMs() + SpaceWaitMaxMs;
+                    else if (NowMs() > spaceDeadline) throw new NoSpaceException($"pool {Uuid} is full (the cleaner freed no space in {SpaceWaitMaxMs / 1000} s)");
+                }
+                _cleanerWake.Set();
                 _destageWake.Set();
-                await _pageFreed.WaitAsync(DestageTickMs, ct).ConfigureAwait(false);
-                continue;
+                await _spaceFreed.WaitAsync().ConfigureAwait(false);
             }
-            bool partial = n != ChunkBytes;
-            if (partial)
-            {
-                if (observed >= ChunkTable.FirstChunkId) ReadMappedChunk(observed, old);
-                else Array.Clear(old);
-            }
-            lock (_sync)
-            {
-                bool cached = _cache.TryFind(key, out int page);
-                if (cached && _cache.State(page) == PageState.Dirty)
-                {
-                    source.Span[..n].CopyTo(_cache.Data(page)[inChunk..]);
-                    _cache.MarkDirty(page, NowMs(), isNew: false, partial ? PageDigest.None : digest);
-                    return;
-                }
-                if (!_cache.HasFreePage) continue;
-                if (!cached && volume.State.Map.Get(block) != observed) continue;
-                if (TryReserveForPageLocked())
-                {
-                    // A page in a batch in flight keeps its bytes: the write goes to a copy (WritablePageLocked).
-                    page = cached ? _cache.Supersede(page, copyBytes: partial) : _cache.Add(key);
-                    Span<byte> data = _cache.Data(page);
-                    if (partial && !cached) old.CopyTo(data);
-                    source.Span[..n].CopyTo(data[inChunk..]);
-                    _cache.MarkDirty(page, NowMs(), isNew: true, partial ? PageDigest.None : digest);
-                    volume.PageEnteredCache();
-                    if (_cache.QueuedPages >= HighWatermarkPages) _destageWake.Set();
-                    return;
-                }
-                // No space: wait while the cleaner (or destage of dedupable pages) can give some back.
-                // Dirty pages hold a worst-case reservation (a data block and a whole header block
-                // each); destaging them gives back what they do not use, so wait for that too.
-                if (!SpaceReclaimableLocked() && _reservedBlocks == 0) throw new NoSpaceException($"pool {Uuid} is full");
-                if (spaceDeadline == 0) spaceDeadline = NowMs() + SpaceWaitMaxMs;
-                else if (NowMs() > spaceDeadline) throw new NoSpaceException($"pool {Uuid} is full (the cleaner freed no space in {SpaceWaitMaxMs / 1000} s)");
-            }
-            _cleanerWake.Set();
-            _destageWake.Set();
-            await _spaceFreed.WaitAsync(CleanerTickMs, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (old != null) ArrayPool<byte>.Shared.Return(old);
         }
     }
 
@@ -664,7 +676,7 @@ public sealed partial class Pool : IRingReadClient
                     }
                 }
                 _destageWake.Set();
-                await _pageFreed.WaitAsync(DestageTickMs, ct).ConfigureAwait(false);
+                await _pageFreed.WaitAsync().ConfigureAwait(false);
             }
             if (wakeDestager) _destageWake.Set();
             await FinishWrite(volume, offset, source, lastTicket, WriteFlags.None, ct).ConfigureAwait(false);
