@@ -17,6 +17,8 @@ internal sealed unsafe class ChunkCache : IDisposable
     private readonly nint[] _memory;
     private readonly uint[] _idOf;
     private readonly bool[] _referenced;
+    /// <summary>Per slot, bumped whenever the slot's id changes (taken for another id, or removed).</summary>
+    private readonly uint[] _generation;
     private readonly IdSlotTable _slotOf;
     private int _hand;
 
@@ -26,6 +28,7 @@ internal sealed unsafe class ChunkCache : IDisposable
         _idOf = new uint[Slots];
         _memory = new nint[Slots];
         _referenced = new bool[Slots];
+        _generation = new uint[Slots];
         _slotOf = new IdSlotTable(Slots);
         if (Slots > 0) _slab = (byte*)NativeMemory.AlignedAlloc((nuint)Slots * PageBytes, PageBytes);
         for (int i = 0; i < Slots; i++) _memory[i] = (nint)(_slab + (long)i * PageBytes);
@@ -55,17 +58,36 @@ internal sealed unsafe class ChunkCache : IDisposable
     public bool Contains(uint id) => _slotOf.Contains(id);
 
     /// <summary>Compares a cached chunk with <paramref name="data"/> in place; false when the id is not cached.</summary>
-    public bool TryCompare(uint id, ReadOnlySpan<byte> data, out bool equal)
+    public bool TryCompare(uint id, ReadOnlySpan<byte> data, out bool equal) => TryCompare(id, data, out equal, out _);
+
+    /// <summary>
+    /// As <see cref="TryCompare(uint, ReadOnlySpan{byte}, out bool)"/>, with a stamp of the entry compared:
+    /// <see cref="StillHolds"/> tells later whether the id has stayed in the cache since.
+    /// </summary>
+    public bool TryCompare(uint id, ReadOnlySpan<byte> data, out bool equal, out long stamp)
     {
         if (Slots == 0 || !_slotOf.TryGet(id, out int slot))
         {
             equal = false;
+            stamp = 0;
             return false;
         }
         Hits++;
         _referenced[slot] = true;
         equal = new ReadOnlySpan<byte>((byte*)_memory[slot], PageBytes).SequenceEqual(data);
+        stamp = ((long)slot << 32) | _generation[slot];
         return true;
+    }
+
+    /// <summary>
+    /// Whether <paramref name="id"/> has stayed in the cache, in the same entry, since
+    /// <paramref name="stamp"/> was taken. An id leaves the cache when its chunk is freed, so true
+    /// means the chunk was not freed (and its id not reused) meanwhile: it holds the same bytes.
+    /// </summary>
+    public bool StillHolds(uint id, long stamp)
+    {
+        int slot = (int)(stamp >> 32);
+        return Slots > 0 && slot < Slots && _idOf[slot] == id && _generation[slot] == (uint)stamp;
     }
 
     public void Insert(uint id, ReadOnlySpan<byte> chunk)
@@ -94,6 +116,7 @@ internal sealed unsafe class ChunkCache : IDisposable
         int slot = Victim();
         if (_idOf[slot] != Empty) _slotOf.Remove(_idOf[slot], out _);
         _idOf[slot] = id;
+        _generation[slot]++;
         _referenced[slot] = false;
         _slotOf.Add(id, slot);
         return slot;
@@ -104,6 +127,7 @@ internal sealed unsafe class ChunkCache : IDisposable
         if (Slots == 0 || !_slotOf.Remove(id, out int slot)) return;
         _idOf[slot] = Empty;
         _referenced[slot] = false;
+        _generation[slot]++;
     }
 
     private int Victim()

@@ -32,33 +32,45 @@ internal enum DigestKind : byte
 /// bytes are hot in the CPU cache (a whole-chunk write), so destage does not read a page back
 /// from memory just to fingerprint it.
 /// </summary>
-internal readonly struct PageDigest(DigestKind kind, Fingerprint fingerprint, uint crc, uint equalTo = 0, ulong freedAt = 0)
+internal readonly struct PageDigest(DigestKind kind, Fingerprint fingerprint, uint crc, bool crcKnown = true, uint equalTo = 0, long cachedAt = 0)
 {
     public static readonly PageDigest None = default;
 
     public readonly DigestKind Kind = kind;
     public readonly Fingerprint Fingerprint = fingerprint;
-    /// <summary>CRC-32C of the page's 4 KiB.</summary>
+    /// <summary>CRC-32C of the page's 4 KiB, if <see cref="CrcKnown"/>.</summary>
     public readonly uint Crc = crc;
     /// <summary>
+    /// False for a page the writer found equal to a stored chunk before computing its CRC (only
+    /// a new chunk needs it; the destager computes it if the page still becomes one).
+    /// </summary>
+    public readonly bool CrcKnown = crcKnown;
+    /// <summary>
     /// A stored chunk the writer compared byte for byte with these bytes (in the read cache,
-    /// while they were hot) and found equal; 0 if none. It still holds them while the chunk table
-    /// has freed no id since (<see cref="FreedAt"/>): a chunk's bytes change only by its id being
-    /// freed and reused.
+    /// while they were hot) and found equal; 0 if none. It still holds them while it stays in
+    /// that read-cache entry (<see cref="CachedAt"/>, <see cref="ChunkCache.StillHolds"/>): a
+    /// chunk's bytes change only by its id being freed and reused, and a freed id leaves the cache.
     /// </summary>
     public readonly uint EqualTo = equalTo;
-    /// <summary><see cref="Target.Dedup.Index.ChunkTable.FreedCount"/> when <see cref="EqualTo"/> was compared.</summary>
-    public readonly ulong FreedAt = freedAt;
+    /// <summary>The read-cache entry <see cref="EqualTo"/> was compared in (a <see cref="ChunkCache"/> stamp).</summary>
+    public readonly long CachedAt = cachedAt;
 
-    public PageDigest WithEqualChunk(uint id, ulong freedAt) => new(Kind, Fingerprint, Crc, id, freedAt);
+    public PageDigest WithEqualChunk(uint id, long cachedAt) => new(Kind, Fingerprint, Crc, CrcKnown, id, cachedAt);
 
-    /// <summary>The digest of a whole chunk; <paramref name="index"/>'s home slot for the fingerprint is prefetched before the CRC runs.</summary>
-    public static PageDigest Of(ReadOnlySpan<byte> chunk, IFingerprinter fingerprinter, DedupIndex index)
+    public PageDigest WithCrc(uint crc) => new(Kind, Fingerprint, crc, true, EqualTo, CachedAt);
+
+    /// <summary>
+    /// The digest of a whole chunk (its CRC too if <paramref name="withCrc"/>); <paramref name="index"/>'s
+    /// home slot for the fingerprint is prefetched before the CRC runs.
+    /// </summary>
+    public static PageDigest Of(ReadOnlySpan<byte> chunk, IFingerprinter fingerprinter, DedupIndex index, bool withCrc)
     {
         if (Pool.IsAllZero(chunk)) return new PageDigest(DigestKind.Zero, default, 0);
         Fingerprint fingerprint = fingerprinter.Compute(chunk);
         index.PrefetchHome(DedupIndex.HighOf(fingerprint.Low));
-        return new PageDigest(DigestKind.Data, fingerprint, Crc32C.Compute(chunk));
+        return withCrc
+            ? new PageDigest(DigestKind.Data, fingerprint, Crc32C.Compute(chunk))
+            : new PageDigest(DigestKind.Data, fingerprint, 0, crcKnown: false);
     }
 }
 

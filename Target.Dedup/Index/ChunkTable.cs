@@ -99,12 +99,6 @@ public sealed unsafe class ChunkTable : IDisposable
 
     public void MarkLive(uint id) => LiveCount++;
 
-    /// <summary>
-    /// Ids put on the free list so far (never decreases). While it has not moved, no id was freed,
-    /// so none was reused: every live id still names the bytes it named before.
-    /// </summary>
-    public ulong FreedCount { get; private set; }
-
     /// <summary>Returns an id whose refcount reached zero to the free list.</summary>
     public void Release(uint id)
     {
@@ -118,7 +112,6 @@ public sealed unsafe class ChunkTable : IDisposable
     /// <summary>After loading entries directly (checkpoint), rebuilds the free list and live count.</summary>
     public void RebuildFreeList()
     {
-        FreedCount++;
         _freeHead = NoFree;
         LiveCount = 0;
         for (uint id = HighWater; id-- > FirstChunkId;)
@@ -139,7 +132,6 @@ public sealed unsafe class ChunkTable : IDisposable
 
     private void PushFree(uint id)
     {
-        FreedCount++;
         ref ChunkEntry e = ref this[id];
         e = default;
         e.Location = _freeHead;

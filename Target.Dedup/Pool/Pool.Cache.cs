@@ -609,7 +609,7 @@ public sealed partial class Pool
             int i = _batchFirstOfNew[n];
             slot.NewFirst[n] = i;
             slot.NewMemory[n] = _cache.Memory(slot.Page[i]);
-            uint chunkCrc = slot.Digest[i].Kind == DigestKind.Data ? slot.Digest[i].Crc : Crc32C.Compute(slot.NewChunk(n));
+            uint chunkCrc = slot.Digest[i].Kind == DigestKind.Data && slot.Digest[i].CrcKnown ? slot.Digest[i].Crc : Crc32C.Compute(slot.NewChunk(n));
             dataCrc = n == 0 ? chunkCrc : Crc32C.Combine(dataCrc, chunkCrc, s_chunkCrcShift);
             writer.NewChunk(newIds[n], n, chunkCrc, _batchFp[i]);
             _groupNew[slotIndex / MaxGroupBatches].TryAdd(_batchFp[i].Low, (slotIndex, n));
@@ -651,7 +651,6 @@ public sealed partial class Pool
         // but reads of the chunk table race nothing else either; the lock keeps the rules simple).
         lock (_sync)
         {
-            ulong freedCount = _state.Chunks.FreedCount;
             for (int i = 0; i < count; i++)
             {
                 _candidateCount[i] = 0;
@@ -660,8 +659,8 @@ public sealed partial class Pool
                 Span<uint> ids = _candidateIds.AsSpan(i * MaxCandidates, MaxCandidates);
                 int found = _state.Index.FindCandidates(_batchFp[i].Low, ids);
                 ref readonly PageDigest digest = ref _buildSlot!.Digest[i];
-                // The writer found the page equal to a stored chunk, and no id was freed since.
-                uint equalTo = digest.FreedAt == freedCount ? digest.EqualTo : 0;
+                // The writer found the page equal to a stored chunk, which has stayed cached (so not freed) since.
+                uint equalTo = digest.EqualTo != 0 && _chunkCache.StillHolds(digest.EqualTo, digest.CachedAt) ? digest.EqualTo : 0;
                 int n = 0;
                 for (int k = 0; k < found; k++)
                 {

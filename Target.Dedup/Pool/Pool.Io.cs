@@ -311,17 +311,27 @@ public sealed partial class Pool : IRingReadClient
         // write would otherwise take the pool lock 256 times against the destager; not all of a
         // large write either, so readers and the destager wait at most a 256 KiB copy).
         // Each hold's whole chunks are fingerprinted first, outside the lock and while the bytes
-        // are hot (the destager would read them back from memory to do it).
+        // are hot (the destager would read them back from memory to do it). A hold of several
+        // chunks is compared with the stored chunks their fingerprints name first, in a short hold
+        // of its own, so only the chunks not found stored pay for their CRC; a single chunk gets
+        // its CRC up front and is compared in the hold that stores it (one lock hold, not two).
         bool stuck = false;
         Span<PageDigest> digests = stackalloc PageDigest[ChunksPerLockHold];
         while (done < source.Length && !stuck)
         {
-            int planned = DigestPieces(offset + done, source.Span[done..], digests);
+            ReadOnlySpan<byte> rest = source.Span[done..];
+            bool several = rest.Length > ChunkBytes;
+            int planned = DigestPieces(offset + done, rest, digests, withCrc: !several);
+            if (several)
+            {
+                lock (_sync) MatchCachedChunksLocked(offset + done, rest, digests[..planned]);
+                AddMissingCrcs(offset + done, rest, digests[..planned]);
+            }
             lock (_sync)
             {
                 for (int n = 0; n < planned; n++)
                 {
-                    if (TryPutFastLocked(volume, offset + done, source.Span[done..], digests[n], ref done, ref lastTicket, ref wakeDestager)) continue;
+                    if (TryPutFastLocked(volume, offset + done, source.Span[done..], digests[n], ref done, ref lastTicket, ref wakeDestager, compare: !several)) continue;
                     stuck = true;
                     break;
                 }
@@ -336,16 +346,43 @@ public sealed partial class Pool : IRingReadClient
     /// Digests of the chunk pieces of <paramref name="source"/> (at volume byte <paramref name="position"/>),
     /// as many as fit in <paramref name="digests"/>: whole chunks get theirs, partial pieces None. Returns the pieces covered.
     /// </summary>
-    private int DigestPieces(long position, ReadOnlySpan<byte> source, Span<PageDigest> digests)
+    private int DigestPieces(long position, ReadOnlySpan<byte> source, Span<PageDigest> digests, bool withCrc)
     {
         int pieces = 0, at = 0;
         while (pieces < digests.Length && at < source.Length)
         {
-            int n = Math.Min(ChunkBytes - (int)((position + at) % ChunkBytes), source.Length - at);
-            digests[pieces++] = n == ChunkBytes ? PageDigest.Of(source.Slice(at, n), _fingerprinter, _state.Index) : PageDigest.None;
+            int n = PieceBytes(position + at, source.Length - at);
+            digests[pieces++] = n == ChunkBytes ? PageDigest.Of(source.Slice(at, n), _fingerprinter, _state.Index, withCrc) : PageDigest.None;
             at += n;
         }
         return pieces;
+    }
+
+    /// <summary>The bytes of the chunk piece at volume byte <paramref name="position"/>, with <paramref name="left"/> bytes to write.</summary>
+    private static int PieceBytes(long position, int left) => Math.Min(ChunkBytes - (int)(position % ChunkBytes), left);
+
+    /// <summary>Compares each whole data piece with the read-cached chunk its fingerprint names (<see cref="WithEqualCachedChunkLocked"/>). Caller holds the pool lock.</summary>
+    private void MatchCachedChunksLocked(long position, ReadOnlySpan<byte> source, Span<PageDigest> digests)
+    {
+        int at = 0;
+        for (int k = 0; k < digests.Length; k++)
+        {
+            int n = PieceBytes(position + at, source.Length - at);
+            digests[k] = WithEqualCachedChunkLocked(digests[k], source.Slice(at, n));
+            at += n;
+        }
+    }
+
+    /// <summary>The CRC of each whole data piece that was not found equal to a stored chunk.</summary>
+    private static void AddMissingCrcs(long position, ReadOnlySpan<byte> source, Span<PageDigest> digests)
+    {
+        int at = 0;
+        for (int k = 0; k < digests.Length; k++)
+        {
+            int n = PieceBytes(position + at, source.Length - at);
+            if (digests[k].Kind == DigestKind.Data && digests[k].EqualTo == 0) digests[k] = digests[k].WithCrc(Crc32C.Compute(source.Slice(at, n)));
+            at += n;
+        }
     }
 
     private ValueTask FinishWrite(Volume volume, long offset, ReadOnlyMemory<byte> source, long lastTicket, WriteFlags flags, CancellationToken ct)
@@ -364,7 +401,7 @@ public sealed partial class Pool : IRingReadClient
         {
             bool wakeDestager = false, stored;
             PageDigest digest = default;
-            DigestPieces(offset + done, source.Span[done..], new Span<PageDigest>(ref digest));
+            DigestPieces(offset + done, source.Span[done..], new Span<PageDigest>(ref digest), withCrc: true);
             lock (_sync) stored = TryPutFastLocked(volume, offset + done, source.Span[done..], digest, ref done, ref lastTicket, ref wakeDestager);
             if (wakeDestager) _destageWake.Set();
             if (stored) continue;
@@ -384,7 +421,8 @@ public sealed partial class Pool : IRingReadClient
     /// Caller holds the pool lock; <paramref name="wakeDestager"/> is set when the queue passed
     /// the high watermark (the caller wakes the destager after releasing the lock).
     /// </summary>
-    private bool TryPutFastLocked(Volume volume, long position, ReadOnlySpan<byte> source, in PageDigest digest, ref int done, ref long lastTicket, ref bool wakeDestager)
+    /// <param name="compare">Whether to compare a whole chunk with its read-cached candidate here (false when the caller did).</param>
+    private bool TryPutFastLocked(Volume volume, long position, ReadOnlySpan<byte> source, in PageDigest digest, ref int done, ref long lastTicket, ref bool wakeDestager, bool compare = true)
     {
         long block = position / ChunkBytes;
         int inChunk = (int)(position % ChunkBytes);
@@ -393,7 +431,7 @@ public sealed partial class Pool : IRingReadClient
         int page = WritablePageLocked(key, wholeChunk: n == ChunkBytes, out bool isNew);
         if (page < 0) return false;
         source[..n].CopyTo(_cache.Data(page)[inChunk..]);
-        _cache.MarkDirty(page, NowMs(), isNew, n == ChunkBytes ? WithEqualCachedChunkLocked(digest, source[..n]) : PageDigest.None);
+        _cache.MarkDirty(page, NowMs(), isNew, n != ChunkBytes ? PageDigest.None : compare ? WithEqualCachedChunkLocked(digest, source[..n]) : digest);
         if (isNew)
         {
             volume.PageEnteredCache();
@@ -416,8 +454,8 @@ public sealed partial class Pool : IRingReadClient
         if (digest.Kind != DigestKind.Data || _chunkCache.Slots == 0) return digest;
         uint candidate = 0;
         if (_state.Index.FindCandidates(digest.Fingerprint.Low, new Span<uint>(ref candidate)) == 0) return digest;
-        return _chunkCache.TryCompare(candidate, chunk, out bool equal) && equal
-            ? digest.WithEqualChunk(candidate, _state.Chunks.FreedCount)
+        return _chunkCache.TryCompare(candidate, chunk, out bool equal, out long stamp) && equal
+            ? digest.WithEqualChunk(candidate, stamp)
             : digest;
     }
 

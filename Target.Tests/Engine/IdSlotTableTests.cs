@@ -85,4 +85,27 @@ public sealed class IdSlotTableTests(ITestOutputHelper output)
         Assert.False(cache.TryCopy(6, 0, read));
         Assert.Equal(3, cache.Count);
     }
+
+    [Fact]
+    public void AComparisonStampHoldsOnlyWhileItsIdStaysInTheSameEntry()
+    {
+        using var cache = new ChunkCache(2 * 4096);
+        byte[] chunk = new byte[4096];
+        chunk.AsSpan().Fill(2);
+        cache.Insert(2, chunk);
+        Assert.True(cache.TryCompare(2, chunk, out bool equal, out long stamp) && equal);
+        Assert.True(cache.StillHolds(2, stamp));
+        Assert.False(cache.StillHolds(3, stamp));
+
+        cache.Remove(2); // freed
+        Assert.False(cache.StillHolds(2, stamp));
+        cache.Insert(2, chunk); // cached again, perhaps in the same slot: a new entry all the same
+        Assert.False(cache.StillHolds(2, stamp));
+
+        Assert.True(cache.TryCompare(2, chunk, out _, out stamp));
+        chunk.AsSpan().Fill(3);
+        cache.Insert(3, chunk);
+        cache.Insert(4, chunk); // two slots: one of 2 and 3 is evicted
+        Assert.Equal(cache.Contains(2), cache.StillHolds(2, stamp));
+    }
 }

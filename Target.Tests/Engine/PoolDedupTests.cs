@@ -295,20 +295,22 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
         await AssertCleanAsync(dir.Path, output);
     }
 
-    [Fact]
-    public async Task AWritersVerdictIsNotTrustedOnceItsChunkIdWasFreedAndReused()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)] // compared in its own hold of the lock, before the CRC (a write of several chunks)
+    public async Task AWritersVerdictIsNotTrustedOnceItsChunkIdWasFreedAndReused(bool inALargerWrite)
     {
-        // Block 1 is written with P while P is stored as chunk X and read-cached: the writer finds
-        // them equal. Before block 1 destages, X's only reference is trimmed (X is freed) and R,
+        // Block 4 is written with P while P is stored as chunk X and read-cached: the writer finds
+        // them equal. Before block 4 destages, X's only reference is trimmed (X is freed) and R,
         // which collides with P's fingerprint, is stored under the reused id X by a group applied
-        // before block 1's batch is built. Block 1 must still read P: the destager compares again.
+        // before block 4's batch is built. Block 4 must still read P: the destager compares again.
         using var dir = new TempPoolDir();
         byte[] p = Pattern(1, 1), r = Pattern(2, 1);
         var fingerprinter = new PairCollidingFingerprinter(p, r);
         // A cache the fillers do not push past the destage watermark, and no destage by age.
         PoolOptions options = Options(dir.Path, segments: 64, cachePages: 16384) with { FingerprinterOverride = fingerprinter, DirtyAgeMaxMs = 600_000 };
-        const int fillers = 4500; // more than two groups (2 x 8 x 250 pages) between block 2 and block 1
-        byte[] shadow = new byte[(fillers + 16) * Chunk];
+        const int fillers = 4500; // more than two groups (2 x 8 x 250 pages) between block 2 and block 4
+        byte[] shadow = new byte[(fillers + 32) * Chunk];
         await using (Pool pool = Pool.Open(options))
         {
             Volume v = await pool.CreateVolumeAsync("v", shadow.Length, 512, None);
@@ -317,7 +319,8 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
             await v.FlushAsync(None);
             await Write(2, Pattern(2, 0)); // block 2's page is queued first ...
             for (long b = 16; b < 16 + fillers; b++) await Write(b, Pattern(b, 1));
-            await Write(1, p); // ... block 1's last: the writer finds it equal to X
+            // ... block 4's last: the writer finds it equal to X.
+            await Write(4, inALargerWrite ? p.Concat(Pattern(5, 1)).ToArray() : p);
             await v.TrimAsync(0, Chunk, None); // X is freed
             Array.Clear(shadow, 0, Chunk);
             await Write(2, r); // in place: block 2's page keeps its place at the head of the queue
