@@ -3,7 +3,9 @@
 // held. Invariant: an entry's bytes are the chunk's stored bytes; an id leaves the cache when
 // its chunk is freed (ids are reused), and the cleaner's moves do not change bytes. Each slot's
 // 4 KiB lives wherever _memory points: Adopt swaps a slot's memory with a write-cache page that
-// holds the chunk's bytes, so a landed page enters the cache without a copy.
+// holds the chunk's bytes, so a landed page enters the cache without a copy. Each slot has a
+// generation, bumped whenever its id changes: a stamp (slot, generation) taken at a comparison
+// tells later whether the id has stayed cached since, so was not freed (StillHolds).
 using System.Runtime.InteropServices;
 
 namespace Target.Dedup.Engine;

@@ -446,8 +446,9 @@ public sealed partial class Pool : IRingReadClient
     /// <paramref name="digest"/> with the stored chunk that holds <paramref name="chunk"/>'s bytes,
     /// when the index's first candidate is in the read cache and compares equal: the comparison
     /// runs here, while the writer's bytes are hot, instead of in the destager against a page
-    /// gone cold (rewriting data already stored; the destager trusts it only while no chunk id
-    /// was freed since). Caller holds the pool lock (the index and the read cache change under it).
+    /// gone cold (rewriting data already stored; the destager trusts it while the chunk stays in
+    /// the read-cache entry compared, so was not freed). Caller holds the pool lock (the index and
+    /// the read cache change under it).
     /// </summary>
     private PageDigest WithEqualCachedChunkLocked(in PageDigest digest, ReadOnlySpan<byte> chunk)
     {
