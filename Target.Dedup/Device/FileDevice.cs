@@ -132,18 +132,28 @@ public sealed unsafe class FileDevice : IBlockDevice
             }
             if (n == 0) throw new IOException($"pwritev {name} at {offsetBytes}: nothing written");
             offsetBytes += n;
-            // A short write: skip the vectors written whole, trim the one written in part.
-            while (first < count && n >= (nint)iov[first].Length)
-            {
-                n -= (nint)iov[first].Length;
-                first++;
-            }
-            if (n > 0)
-            {
-                iov[first].Base = (byte*)iov[first].Base + n;
-                iov[first].Length -= (nuint)n;
-            }
+            first = SkipWritten(iov, first, count, n);
         }
+    }
+
+    /// <summary>
+    /// After <paramref name="written"/> bytes of iovecs [<paramref name="first"/>, <paramref name="count"/>)
+    /// were written: skips the vectors written whole and trims the one written in part (in place).
+    /// Returns the first vector with bytes left.
+    /// </summary>
+    internal static int SkipWritten(NativeIo.IoVec* iov, int first, int count, long written)
+    {
+        while (first < count && written >= (long)iov[first].Length)
+        {
+            written -= (long)iov[first].Length;
+            first++;
+        }
+        if (written > 0)
+        {
+            iov[first].Base = (byte*)iov[first].Base + written;
+            iov[first].Length -= (nuint)written;
+        }
+        return first;
     }
 
     /// <summary>IOV_MAX on Linux.</summary>

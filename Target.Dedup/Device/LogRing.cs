@@ -120,22 +120,16 @@ internal sealed unsafe class LogRing : IDisposable
         while (_outstanding > 0) Reap(wait: true);
     }
 
-    /// <summary>A short write: the bytes after the first <paramref name="done"/> are written synchronously.</summary>
+    /// <summary>
+    /// A short write: the bytes after the first <paramref name="done"/> are written synchronously,
+    /// from the slot's own iovecs (its write was reaped, so they are free to trim in place).
+    /// </summary>
     private void WriteRest(int slot, int done)
     {
-        int count = _vectors[slot];
-        var rest = new NativeIo.IoVec[count];
-        int n = 0;
-        long skip = done;
         NativeIo.IoVec* iov = _iov + (long)slot * _vectorsPerSlot;
-        for (int i = 0; i < count; i++)
-        {
-            long length = (long)iov[i].Length;
-            if (skip >= length) { skip -= length; continue; }
-            rest[n++] = new NativeIo.IoVec { Base = (byte*)iov[i].Base + skip, Length = (nuint)(length - skip) };
-            skip = 0;
-        }
-        fixed (NativeIo.IoVec* r = rest) FileDevice.WriteVectors(_device.Descriptor, r, n, _offset[slot] + done, _device.Name);
+        int count = _vectors[slot];
+        int first = FileDevice.SkipWritten(iov, 0, count, done);
+        FileDevice.WriteVectors(_device.Descriptor, iov + first, count - first, _offset[slot] + done, _device.Name);
     }
 
     private void Submit()

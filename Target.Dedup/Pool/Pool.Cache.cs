@@ -435,8 +435,7 @@ public sealed partial class Pool
             }
             catch (IOException e)
             {
-                Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
-                throw _failure!;
+                throw JournalFailed(e);
             }
         }
         Interlocked.Add(ref _destageDeviceWaitTicks, Stopwatch.GetTimestamp() - start);
@@ -472,7 +471,7 @@ public sealed partial class Pool
             for (int i = 0; i < slot.Count; i++)
             {
                 if (!_cache.Requeue(slot.Page[i], now)) continue;
-                PageLeftCacheLocked(slot.Key[i]);
+                PageLeftCacheLocked(VolumeOfKey(slot.Key[i]));
                 freed = true;
             }
             ReleasePendingDropsLocked(slot);
@@ -498,7 +497,7 @@ public sealed partial class Pool
                 slot.Freed[i] = _cache.Landed(slot.Page[i], slot.Ticket[i]);
                 if (slot.Freed[i])
                 {
-                    PageLeftCacheLocked(slot.Key[i]);
+                    PageLeftCacheLocked(VolumeOfKey(slot.Key[i]));
                     freed = true;
                 }
             }
@@ -557,7 +556,7 @@ public sealed partial class Pool
                     // Written while its volume was being deleted or shrunk, after that swept the cache: nothing
                     // to store, and a Map record for it could never be applied (at run time or in replay).
                     _cache.Drop(page);
-                    PageLeftCacheLocked(pageKey);
+                    PageLeftCacheLocked(VolumeOfKey(pageKey));
                     _pageFreed.Set();
                     continue;
                 }
@@ -741,11 +740,11 @@ public sealed partial class Pool
 
     private Volume? VolumeOfKey(long key) => _volumes.TryGetValue(WriteCache.VolumeOf(key), out Volume? v) ? v : null;
 
-    /// <summary>A page of <paramref name="key"/> left the write cache: its space reservation ends and its volume counts one page less. Caller holds the pool lock.</summary>
-    private void PageLeftCacheLocked(long key)
+    /// <summary>A page of <paramref name="volume"/> (null: deleted) left the write cache: its space reservation ends and its volume counts one page less. Caller holds the pool lock.</summary>
+    private void PageLeftCacheLocked(Volume? volume)
     {
         ReleasePageReservationLocked();
-        VolumeOfKey(key)?.PageLeftCache();
+        volume?.PageLeftCache();
     }
 
     /// <summary>
@@ -875,8 +874,7 @@ public sealed partial class Pool
             foreach (int page in pages)
             {
                 _cache.Drop(page);
-                ReleasePageReservationLocked();
-                v?.PageLeftCache();
+                PageLeftCacheLocked(v);
             }
         }
         _pageFreed.Set();

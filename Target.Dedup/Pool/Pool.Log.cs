@@ -375,8 +375,7 @@ public sealed partial class Pool
                 }
                 catch (IOException e)
                 {
-                    Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
-                    throw _failure!;
+                    throw JournalFailed(e);
                 }
             }
             else if (writes == null) WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks);
@@ -402,8 +401,7 @@ public sealed partial class Pool
         }
         catch (IOException e)
         {
-            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
-            throw _failure!;
+            throw JournalFailed(e);
         }
     }
 
@@ -415,8 +413,7 @@ public sealed partial class Pool
         }
         catch (IOException e)
         {
-            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
-            throw _failure!;
+            throw JournalFailed(e);
         }
     }
 
@@ -429,8 +426,7 @@ public sealed partial class Pool
         }
         catch (IOException e)
         {
-            Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
-            throw _failure!;
+            throw JournalFailed(e);
         }
     }
 
@@ -514,6 +510,16 @@ public sealed partial class Pool
         {
             _reuseGate.ExitWriteLock();
         }
+    }
+
+    /// <summary>
+    /// A journal write or flush failed: the pool fails (nothing may be written after a write that
+    /// may be lost). Returns the pool's failure, for the caller to throw.
+    /// </summary>
+    private Exception JournalFailed(IOException e)
+    {
+        Fail(new MediaErrorException($"journal write failed: {e.Message}", e));
+        return _failure!;
     }
 
     private void Fail(Exception e)

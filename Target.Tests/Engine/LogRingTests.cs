@@ -115,4 +115,20 @@ public sealed class LogRingTests(Xunit.Abstractions.ITestOutputHelper output)
         }
         await AssertCleanAsync(dir.Path, output);
     }
+
+    [Fact]
+    public unsafe void AShortWriteSkipsTheVectorsWrittenWholeAndTrimsThePartOne()
+    {
+        // What FileDevice.WriteVectors and LogRing.WriteRest go on from after a short write.
+        byte* memory = stackalloc byte[16];
+        NativeIo.IoVec* iov = stackalloc NativeIo.IoVec[3];
+        iov[0] = new NativeIo.IoVec { Base = memory, Length = 4096 };
+        iov[1] = new NativeIo.IoVec { Base = memory + 4, Length = 8192 };
+        iov[2] = new NativeIo.IoVec { Base = memory + 8, Length = 4096 };
+        int first = FileDevice.SkipWritten(iov, 0, 3, 4096 + 1000);
+        Assert.Equal(1, first);
+        Assert.Equal((nint)(memory + 4 + 1000), (nint)iov[1].Base);
+        Assert.Equal(8192u - 1000, (uint)iov[1].Length);
+        Assert.Equal(3, FileDevice.SkipWritten(iov, first, 3, 8192 - 1000 + 4096));
+    }
 }
