@@ -245,6 +245,7 @@ internal sealed partial class IscsiConnection
     /// Commands still running finish (and their responses go out) before the logout response. The
     /// wait is bounded by AbortWaitTimeout: past it the answer is "cleanup failed" (RFC 7143
     /// 11.15.1) and the connection closes anyway, without the responses of those still running.
+    /// The I_T nexus is detached (its SPC-2 reservation released) before the response is queued.
     /// </summary>
     private async Task SendLogoutResponseAfterDrainAsync(IscsiControlPdu control)
     {
@@ -254,6 +255,9 @@ internal sealed partial class IscsiConnection
                 Peer, Tsih, TaskCount, _options.AbortWaitTimeout.TotalSeconds);
             control.Bhs[2] = IscsiLogoutResponse.CleanupFailed;
         }
+        // The nexus ends before the initiator hears that it did: an initiator that logs in again
+        // (or another that RESERVEs) right after the response must find the reservation released.
+        DetachNexus();
         QueueControl(control, onReceiveLoop: false);
     }
 

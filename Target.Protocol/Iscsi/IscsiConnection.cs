@@ -252,6 +252,12 @@ internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
 
     private void ShutdownSocket() => ServerSockets.Shutdown(_socket);
 
+    /// <summary>Ends this session's I_T nexus on its logical unit (idempotent: logout, then close).</summary>
+    private void DetachNexus()
+    {
+        if (_nexus is not null) Unit?.Detach(_nexus);
+    }
+
     private async Task CloseAsync(Task? sender)
     {
         try
@@ -274,7 +280,7 @@ internal sealed partial class IscsiConnection : IServerConnection, IScsiTaskSet
         finally
         {
             if (Tsih != 0) _server.UnregisterSession(this);
-            if (_nexus is not null) Unit?.Detach(_nexus);
+            DetachNexus();
             ShutdownSocket();
             _socket.Dispose();
             if (_rx.Length > 0) ArrayPool<byte>.Shared.Return(_rx);

@@ -70,6 +70,9 @@ public sealed partial class ScsiLogicalUnit
         }
     }
 
+    /// <summary>How many I_T nexuses are attached (sessions logged in to this unit).</summary>
+    internal int AttachedNexusCount => Volatile.Read(ref _nexuses).Length;
+
     public void Detach(ScsiItNexus nexus)
     {
         lock (_nexusLock)
