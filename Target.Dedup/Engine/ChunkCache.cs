@@ -6,6 +6,9 @@
 // holds the chunk's bytes, so a landed page enters the cache without a copy. Each slot has a
 // generation, bumped whenever its id changes: a stamp (slot, generation) taken at a comparison
 // tells later whether the id has stayed cached since, so was not freed (StillHolds).
+// A bitmap over chunk ids says which are cached: most chunks freed (every overwrite frees one)
+// or read are not, and a bit test costs less than a miss in the id -> slot table. Invariant: an
+// id's bit is set exactly while the table holds it.
 using System.Runtime.InteropServices;
 
 namespace Target.Dedup.Engine;
@@ -22,6 +25,8 @@ internal sealed unsafe class ChunkCache : IDisposable
     /// <summary>Per slot, bumped whenever the slot's id changes (taken for another id, or removed).</summary>
     private readonly uint[] _generation;
     private readonly IdSlotTable _slotOf;
+    /// <summary>Bit per chunk id: set while the id is cached. Grows (doubling) with the highest id cached.</summary>
+    private ulong[] _cached = new ulong[1024];
     private int _hand;
 
     public ChunkCache(long bytes)
@@ -46,7 +51,7 @@ internal sealed unsafe class ChunkCache : IDisposable
 
     public bool TryCopy(uint id, int offset, Span<byte> destination)
     {
-        if (Slots == 0 || !_slotOf.TryGet(id, out int slot))
+        if (!TryGetSlot(id, out int slot))
         {
             Misses++;
             return false;
@@ -57,7 +62,33 @@ internal sealed unsafe class ChunkCache : IDisposable
         return true;
     }
 
-    public bool Contains(uint id) => _slotOf.Contains(id);
+    public bool Contains(uint id) => IsCached(id);
+
+    private bool IsCached(uint id)
+    {
+        ulong[] cached = _cached;
+        uint word = id >> 6;
+        return word < (uint)cached.Length && (cached[word] & (1UL << (int)id)) != 0;
+    }
+
+    private bool TryGetSlot(uint id, out int slot)
+    {
+        if (IsCached(id)) return _slotOf.TryGet(id, out slot);
+        slot = -1;
+        return false;
+    }
+
+    private void MarkCached(uint id, bool cached)
+    {
+        uint word = id >> 6;
+        if (word >= (uint)_cached.Length)
+        {
+            if (!cached) return;
+            Array.Resize(ref _cached, (int)Math.Max(2L * _cached.Length, word + 1L));
+        }
+        if (cached) _cached[word] |= 1UL << (int)id;
+        else _cached[word] &= ~(1UL << (int)id);
+    }
 
     /// <summary>Compares a cached chunk with <paramref name="data"/> in place; false when the id is not cached.</summary>
     public bool TryCompare(uint id, ReadOnlySpan<byte> data, out bool equal) => TryCompare(id, data, out equal, out _);
@@ -68,7 +99,7 @@ internal sealed unsafe class ChunkCache : IDisposable
     /// </summary>
     public bool TryCompare(uint id, ReadOnlySpan<byte> data, out bool equal, out long stamp)
     {
-        if (Slots == 0 || !_slotOf.TryGet(id, out int slot))
+        if (!TryGetSlot(id, out int slot))
         {
             equal = false;
             stamp = 0;
@@ -94,7 +125,7 @@ internal sealed unsafe class ChunkCache : IDisposable
 
     public void Insert(uint id, ReadOnlySpan<byte> chunk)
     {
-        if (Slots == 0 || _slotOf.Contains(id)) return;
+        if (Slots == 0 || IsCached(id)) return;
         int slot = Take(id);
         chunk.CopyTo(new Span<byte>((byte*)_memory[slot], PageBytes));
     }
@@ -107,7 +138,7 @@ internal sealed unsafe class ChunkCache : IDisposable
     /// </summary>
     public void Adopt(uint id, ref nint memory)
     {
-        if (Slots == 0 || _slotOf.Contains(id)) return;
+        if (Slots == 0 || IsCached(id)) return;
         int slot = Take(id);
         (_memory[slot], memory) = (memory, _memory[slot]);
     }
@@ -116,17 +147,23 @@ internal sealed unsafe class ChunkCache : IDisposable
     private int Take(uint id)
     {
         int slot = Victim();
-        if (_idOf[slot] != Empty) _slotOf.Remove(_idOf[slot], out _);
+        if (_idOf[slot] != Empty)
+        {
+            _slotOf.Remove(_idOf[slot], out _);
+            MarkCached(_idOf[slot], false);
+        }
         _idOf[slot] = id;
         _generation[slot]++;
         _referenced[slot] = false;
         _slotOf.Add(id, slot);
+        MarkCached(id, true);
         return slot;
     }
 
     public void Remove(uint id)
     {
-        if (Slots == 0 || !_slotOf.Remove(id, out int slot)) return;
+        if (!IsCached(id) || !_slotOf.Remove(id, out int slot)) return;
+        MarkCached(id, false);
         _idOf[slot] = Empty;
         _referenced[slot] = false;
         _generation[slot]++;

@@ -108,4 +108,39 @@ public sealed class IdSlotTableTests(ITestOutputHelper output)
         cache.Insert(4, chunk); // two slots: one of 2 and 3 is evicted
         Assert.Equal(cache.Contains(2), cache.StillHolds(2, stamp));
     }
+    [Fact]
+    public void TheCachedBitmapAgreesWithTheTableThroughEvictionsRemovalsAndGrowth()
+    {
+        // Ids up to 300,000: the bitmap starts at 65,536 ids and grows. A bit left set for an id
+        // evicted or removed, or missing for one cached, shows as a count or content mismatch.
+        using var cache = new ChunkCache(64 * 4096);
+        var random = new Random(7);
+        var seen = new HashSet<uint>();
+        byte[] chunk = new byte[4096], read = new byte[4096];
+        for (int op = 0; op < 20_000; op++)
+        {
+            uint id = (uint)random.Next(2, op < 10_000 ? 70_000 : 300_000);
+            if (random.Next(3) == 0)
+            {
+                cache.Remove(id);
+                Assert.False(cache.Contains(id));
+                continue;
+            }
+            chunk.AsSpan().Fill((byte)id);
+            cache.Insert(id, chunk);
+            seen.Add(id);
+            Assert.True(cache.Contains(id));
+            if (op % 1000 != 999) continue;
+            int cached = 0;
+            foreach (uint s in seen)
+            {
+                bool contains = cache.Contains(s);
+                Assert.Equal(contains, cache.TryCopy(s, 0, read));
+                if (!contains) continue;
+                cached++;
+                Assert.True(read.AsSpan().IndexOfAnyExcept((byte)s) < 0, $"chunk {s} reads another's bytes");
+            }
+            Assert.Equal(cache.Count, cached);
+        }
+    }
 }
