@@ -64,6 +64,12 @@ internal sealed unsafe class ChunkCache : IDisposable
 
     public bool Contains(uint id) => IsCached(id);
 
+    /// <summary>Prefetches where the table keeps (or would keep) <paramref name="id"/>: before a batch's removals and adds.</summary>
+    public void PrefetchEntry(uint id)
+    {
+        if (Slots > 0) _slotOf.PrefetchHome(id);
+    }
+
     private bool IsCached(uint id)
     {
         ulong[] cached = _cached;

@@ -7,6 +7,7 @@
 // never stored. Not thread-safe: the read cache is used under the pool lock.
 using System.Numerics;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace Target.Dedup.Engine;
 
@@ -101,6 +102,12 @@ internal sealed unsafe class IdSlotTable : IDisposable
         _entries[hole] = 0;
         Count--;
         return true;
+    }
+
+    /// <summary>Starts loading the cache line where <paramref name="id"/>'s probe begins (an Add, TryGet or Remove soon after hits it).</summary>
+    public void PrefetchHome(uint id)
+    {
+        if (Sse.IsSupported) Sse.Prefetch0(_entries + Home(id));
     }
 
     private uint Home(uint id) => (id * 0x9E37_79B9u) >> _shift;

@@ -55,6 +55,9 @@ internal sealed class PoolState : IDisposable
     /// <summary>Told when a chunk's refcount reaches zero and its id is released (caches keyed by id drop it).</summary>
     public Action<uint>? ChunkFreed { get; set; }
 
+    /// <summary>Told ahead (prefetch only) of a chunk the batch being applied is likely to free.</summary>
+    public Action<uint>? FreeingChunk { get; set; }
+
     public uint SegmentOf(uint location) => (uint)(location / (uint)_blocksPerSegment);
 
     /// <summary>Applies one durable batch. <paramref name="replaying"/>: chunk ids come from the records (not pre-allocated).</summary>
@@ -150,7 +153,10 @@ internal sealed class PoolState : IDisposable
         {
             if (r.Type != RecordType.Map || !VolumesById.TryGetValue(r.VolumeId, out VolumeState? v) || (ulong)r.Block >= (ulong)v.Map.Blocks) continue;
             uint old = v.Map.Get(r.Block);
-            if (old >= ChunkTable.FirstChunkId && old < Chunks.HighWater) Index.PrefetchHome(Chunks[old].FpHigh);
+            if (old < ChunkTable.FirstChunkId || old >= Chunks.HighWater) continue;
+            ref ChunkEntry e = ref Chunks[old];
+            Index.PrefetchHome(e.FpHigh);
+            if (e.RefCount == 1) FreeingChunk?.Invoke(old);
         }
     }
 

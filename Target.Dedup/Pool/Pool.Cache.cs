@@ -501,6 +501,7 @@ public sealed partial class Pool
                     freed = true;
                 }
             }
+            for (int n = 0; n < slot.NewCount; n++) _chunkCache.PrefetchEntry(slot.NewIds[n]);
             for (int n = 0; n < slot.NewCount; n++)
             {
                 int i = slot.NewFirst[n];

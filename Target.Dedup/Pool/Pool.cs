@@ -50,6 +50,7 @@ public sealed partial class Pool : IAsyncDisposable
         _verifyBuffer = new AlignedBuffer(ChunkBytes);
         _chunkCache = new ChunkCache(options.ReadCacheBytes);
         _state.ChunkFreed = _chunkCache.Remove;
+        _state.FreeingChunk = _chunkCache.PrefetchEntry;
     }
 
     public Guid Uuid => _super.PoolUuid;
