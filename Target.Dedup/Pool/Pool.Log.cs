@@ -305,6 +305,14 @@ public sealed partial class Pool
         CheckpointIfDue();
     }
 
+    // The thread-pool writes (no log ring) as methods of their own: a lambda in WriteBatchUnflushed
+    // would capture its parameters, and C# allocates that closure on every call, ring or not.
+    private Task WriteLogGatheredTask(long offset, AlignedBuffer buffer, int headerStart, int headerBytes, nint[] dataPages, int dataBlocks) =>
+        Task.Run(() => WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks));
+
+    private Task WriteLogBytesTask(long offset, AlignedBuffer buffer, int start, int bytes) =>
+        Task.Run(() => WriteLogBytes(offset, buffer, start, bytes));
+
     /// <summary>
     /// Writes one batch from <paramref name="buffer"/> (records at [FixedBytes..], data at
     /// [MaxHeaderBlocks * ChunkBytes..]) at the head and moves the head past it, without a
@@ -379,10 +387,10 @@ public sealed partial class Pool
                 }
             }
             else if (writes == null) WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks);
-            else writes.Add(Task.Run(() => WriteLogGathered(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks)));
+            else writes.Add(WriteLogGatheredTask(offset, buffer, headerStart, headerBytes, dataPages, dataBlocks));
         }
         else if (writes == null) WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes);
-        else writes.Add(Task.Run(() => WriteLogBytes(offset, buffer, headerStart, totalBlocks * ChunkBytes)));
+        else writes.Add(WriteLogBytesTask(offset, buffer, headerStart, totalBlocks * ChunkBytes));
         lock (_sync)
         {
             // The next batch goes after this one and links to it; a failed flush fails the pool.

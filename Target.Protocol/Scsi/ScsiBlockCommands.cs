@@ -48,24 +48,26 @@ public sealed partial class ScsiLogicalUnit
         return false;
     }
 
-    private async ValueTask ReadAsync(ScsiTask task, CancellationToken ct)
+    // READ and WRITE are not async methods: they return the volume's own ValueTask, so no state
+    // machine box is allocated when the I/O completes later (ExecuteAsync awaits it without one).
+    private ValueTask ReadAsync(ScsiTask task, CancellationToken ct)
     {
         ReadOnlySpan<byte> cdb = task.Cdb;
         byte opcode = cdb[0];
         if (opcode != ScsiOpcode.Read6 && (cdb[1] & 0xE0) != 0)
         {
             IllegalRequest(task, Asc.InvalidFieldInCdb, 1, 7);   // RDPROTECT: no protection information
-            return;
+            return default;
         }
         ScsiCdb.TryDecodeLbaLength(cdb, out ulong lba, out uint blocks);
-        if (!CheckTransfer(task, lba, blocks, ScsiLimits.MaxTransferBytes)) return;
-        if (blocks == 0) return;
+        if (!CheckTransfer(task, lba, blocks, ScsiLimits.MaxTransferBytes)) return default;
+        if (blocks == 0) return default;
         int bytes = (int)(blocks << BlockShift);
         Memory<byte> data = task.AllocateDataIn(bytes, clear: false);
-        await Volume.ReadAsync((long)lba << BlockShift, data, ct).ConfigureAwait(false);
+        return Volume.ReadAsync((long)lba << BlockShift, data, ct);
     }
 
-    private async ValueTask WriteAsync(ScsiTask task, CancellationToken ct)
+    private ValueTask WriteAsync(ScsiTask task, CancellationToken ct)
     {
         ReadOnlySpan<byte> cdb = task.Cdb;
         byte opcode = cdb[0];
@@ -75,7 +77,7 @@ public sealed partial class ScsiLogicalUnit
             if ((cdb[1] & 0xE0) != 0)
             {
                 IllegalRequest(task, Asc.InvalidFieldInCdb, 1, 7);   // WRPROTECT
-                return;
+                return default;
             }
             fua = (cdb[1] & 0x08) != 0;
         }
@@ -83,12 +85,12 @@ public sealed partial class ScsiLogicalUnit
         if (WriteProtected)
         {
             WriteProtectedError(task);
-            return;
+            return default;
         }
-        if (!CheckTransfer(task, lba, blocks, ScsiLimits.MaxTransferBytes)) return;
+        if (!CheckTransfer(task, lba, blocks, ScsiLimits.MaxTransferBytes)) return default;
         int bytes = WritableBytes(task, (int)(blocks << BlockShift));
-        if (bytes == 0) return;
-        await Volume.WriteAsync((long)lba << BlockShift, task.DataOut.AsMemory(0, bytes), fua ? WriteFlags.Fua : WriteFlags.None, ct).ConfigureAwait(false);
+        if (bytes == 0) return default;
+        return Volume.WriteAsync((long)lba << BlockShift, task.DataOut.AsMemory(0, bytes), fua ? WriteFlags.Fua : WriteFlags.None, ct);
     }
 
     private async ValueTask WriteAndVerifyAsync(ScsiTask task, CancellationToken ct)

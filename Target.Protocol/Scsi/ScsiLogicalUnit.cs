@@ -106,57 +106,79 @@ public sealed partial class ScsiLogicalUnit
 
     // ---- dispatch ----
 
-    /// <summary>Runs one command to completion. Never throws; the task carries status, sense and data-in.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    public async ValueTask ExecuteAsync(ScsiTask task, CancellationToken ct)
+    /// <summary>
+    /// Runs one command to completion. Never throws, and never faults; the task carries status,
+    /// sense and data-in. Allocates nothing for READ and WRITE: the volume's I/O is returned as is
+    /// when it completed at once, else awaited through the task's own reusable completion
+    /// (<see cref="ScsiTask.Execution"/>), which turns a failure into sense like any other.
+    /// </summary>
+    public ValueTask ExecuteAsync(ScsiTask task, CancellationToken ct)
     {
         task.SetGood();
         task.DataInLength = 0;
+        ValueTask running;
         try
         {
-            if (task.CdbLength < 6)
-            {
-                IllegalRequest(task, Asc.InvalidFieldInCdb, 0);
-                return;
-            }
-            byte opcode = task.CdbBuffer[0];
-            if (task.Lun != 0)
-            {
-                ExecuteForMissingLun(task, opcode);
-                return;
-            }
-            if (opcode != ScsiOpcode.Inquiry && opcode != ScsiOpcode.ReportLuns && opcode != ScsiOpcode.RequestSense
-                && task.Nexus.TryTakeUnitAttention(out ushort unitAttention))
-            {
-                task.CheckCondition(new ScsiSenseInfo(SenseKey.UnitAttention, unitAttention), _descriptorSense);
-                return;
-            }
-            if (!CheckReservation(task, opcode)) return;
-
-            switch (opcode)
-            {
-                case ScsiOpcode.Read6:
-                case ScsiOpcode.Read10:
-                case ScsiOpcode.Read12:
-                case ScsiOpcode.Read16:
-                    await ReadAsync(task, ct).ConfigureAwait(false);
-                    return;
-                case ScsiOpcode.Write6:
-                case ScsiOpcode.Write10:
-                case ScsiOpcode.Write12:
-                case ScsiOpcode.Write16:
-                    await WriteAsync(task, ct).ConfigureAwait(false);
-                    return;
-                default:
-                    await ExecuteOtherAsync(task, opcode, ct).ConfigureAwait(false);
-                    return;
-            }
+            running = Dispatch(task, ct);
+        }
+        catch (Exception ex)
+        {
+            SetError(task, ex);
+            return default;
+        }
+        if (!running.IsCompleted) return task.Execution.Await(running, this);
+        try
+        {
+            running.GetAwaiter().GetResult();
         }
         catch (Exception ex)
         {
             SetError(task, ex);
         }
+        return default;
     }
+
+    /// <summary>Checks common to every command, then the command itself (may throw or fault; ExecuteAsync turns that into sense).</summary>
+    private ValueTask Dispatch(ScsiTask task, CancellationToken ct)
+    {
+        if (task.CdbLength < 6)
+        {
+            IllegalRequest(task, Asc.InvalidFieldInCdb, 0);
+            return default;
+        }
+        byte opcode = task.CdbBuffer[0];
+        if (task.Lun != 0)
+        {
+            ExecuteForMissingLun(task, opcode);
+            return default;
+        }
+        if (opcode != ScsiOpcode.Inquiry && opcode != ScsiOpcode.ReportLuns && opcode != ScsiOpcode.RequestSense
+            && task.Nexus.TryTakeUnitAttention(out ushort unitAttention))
+        {
+            task.CheckCondition(new ScsiSenseInfo(SenseKey.UnitAttention, unitAttention), _descriptorSense);
+            return default;
+        }
+        if (!CheckReservation(task, opcode)) return default;
+
+        switch (opcode)
+        {
+            case ScsiOpcode.Read6:
+            case ScsiOpcode.Read10:
+            case ScsiOpcode.Read12:
+            case ScsiOpcode.Read16:
+                return ReadAsync(task, ct);
+            case ScsiOpcode.Write6:
+            case ScsiOpcode.Write10:
+            case ScsiOpcode.Write12:
+            case ScsiOpcode.Write16:
+                return WriteAsync(task, ct);
+            default:
+                return ExecuteOtherAsync(task, opcode, ct);
+        }
+    }
+
+    /// <summary>A command's I/O that did not complete at once ended: its failure becomes sense (ScsiExecution).</summary>
+    internal void FailCommand(ScsiTask task, Exception exception) => SetError(task, exception);
 
     private async ValueTask ExecuteOtherAsync(ScsiTask task, byte opcode, CancellationToken ct)
     {

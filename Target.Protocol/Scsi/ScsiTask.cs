@@ -23,6 +23,11 @@ public abstract class ScsiTask
 
     public ReadOnlySpan<byte> Cdb => CdbBuffer.AsSpan(0, CdbLength);
 
+    private ScsiExecution? _execution;
+
+    /// <summary>The task's reusable completion for commands whose I/O finishes later (made on first use).</summary>
+    public ScsiExecution Execution => _execution ??= new ScsiExecution(this);
+
     /// <summary>LUN number decoded from the transport's LUN field.</summary>
     public ulong Lun;
 

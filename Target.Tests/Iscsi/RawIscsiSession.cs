@@ -47,6 +47,16 @@ public sealed class RawIscsiSession : IAsyncDisposable
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         await socket.ConnectAsync(endPoint);
         var session = new RawIscsiSession(socket, headerDigest, dataDigest);
+        await session.SendRawAsync(LoginRequest(targetName, initiatorName, isidLast, headerDigest, dataDigest));
+        RawPdu response = await session.ReceiveAsync(TimeSpan.FromSeconds(10), digests: false)
+            ?? throw new InvalidOperationException("connection closed during login");
+        (session.CmdSn, session.ExpStatSn) = CheckLoginResponse(response);
+        return session;
+    }
+
+    /// <summary>The one-PDU login (straight to the full feature phase) as it goes on the wire; login PDUs never carry digests.</summary>
+    public static byte[] LoginRequest(string targetName, string initiatorName, byte isidLast, bool headerDigest, bool dataDigest)
+    {
         string digest(bool on) => on ? "CRC32C" : "None";
         byte[] text = Encoding.ASCII.GetBytes(
             $"InitiatorName={initiatorName}\0TargetName={targetName}\0SessionType=Normal\0HeaderDigest={digest(headerDigest)}\0" +
@@ -60,16 +70,16 @@ public sealed class RawIscsiSession : IAsyncDisposable
         BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(16), 1);
         BinaryPrimitives.WriteUInt32BigEndian(bhs.AsSpan(24), 1);
         IscsiPdu.SetLengths(bhs, 0, text.Length);
-        // Login PDUs never carry digests.
-        await session.SendRawAsync(Frame(bhs, text, headerDigest: false, dataDigest: false));
-        RawPdu response = await session.ReceiveAsync(TimeSpan.FromSeconds(10), digests: false)
-            ?? throw new InvalidOperationException("connection closed during login");
+        return Frame(bhs, text, headerDigest: false, dataDigest: false);
+    }
+
+    /// <summary>Throws unless the login succeeded into the full feature phase; the session's first CmdSN and ExpStatSN.</summary>
+    public static (uint CmdSn, uint ExpStatSn) CheckLoginResponse(RawPdu response)
+    {
         ushort status = BinaryPrimitives.ReadUInt16BigEndian(response.Bhs.AsSpan(36));
         if (response.Opcode != IscsiOpcode.LoginResponse || status != 0 || (response.Bhs[1] & 0x83) != 0x83)
             throw new InvalidOperationException($"login failed: opcode {response.Opcode}, status 0x{status:x4}, flags 0x{response.Bhs[1]:x2}, text {Encoding.ASCII.GetString(response.Data)}");
-        session.CmdSn = BinaryPrimitives.ReadUInt32BigEndian(response.Bhs.AsSpan(28));
-        session.ExpStatSn = BinaryPrimitives.ReadUInt32BigEndian(response.Bhs.AsSpan(24)) + 1;
-        return session;
+        return (BinaryPrimitives.ReadUInt32BigEndian(response.Bhs.AsSpan(28)), BinaryPrimitives.ReadUInt32BigEndian(response.Bhs.AsSpan(24)) + 1);
     }
 
     public uint NextItt() => _itt++;

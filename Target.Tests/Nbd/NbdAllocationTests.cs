@@ -10,7 +10,6 @@
 // meanwhile. Not timed. On failure the sampled allocation types (GC AllocationTick) are printed.
 using System.Buffers.Binary;
 using System.Diagnostics;
-using System.Diagnostics.Tracing;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -19,6 +18,7 @@ using Target.Metrics;
 using Target.Protocol.Nbd;
 using Target.Tests.Engine;
 using Target.Tests.Interop;
+using Target.Tests.Support;
 using Xunit.Abstractions;
 
 namespace Target.Tests.Nbd;
@@ -200,30 +200,5 @@ public sealed class NbdAllocationTests(ITestOutputHelper output)
         }
 
         public void Dispose() => _socket.Dispose();
-    }
-
-    /// <summary>The runtime's GC AllocationTick events (one per ~100 KB allocated), by type name.</summary>
-    private sealed class AllocationSampler : EventListener
-    {
-        private readonly Dictionary<string, int> _types = new();
-
-        protected override void OnEventSourceCreated(EventSource source)
-        {
-            if (source.Name == "Microsoft-Windows-DotNETRuntime") EnableEvents(source, EventLevel.Verbose, (EventKeywords)0x1);
-        }
-
-        protected override void OnEventWritten(EventWrittenEventArgs e)
-        {
-            if (e.EventName?.StartsWith("GCAllocationTick", StringComparison.Ordinal) != true || e.PayloadNames is null) return;
-            int index = e.PayloadNames.IndexOf("TypeName");
-            if (index < 0) return;
-            string type = e.Payload?[index] as string ?? "?";
-            lock (_types) _types[type] = _types.GetValueOrDefault(type) + 1;
-        }
-
-        public List<(string Type, int Count)> Samples()
-        {
-            lock (_types) return _types.Select(p => (p.Key, p.Value)).OrderByDescending(p => p.Value).ToList();
-        }
     }
 }

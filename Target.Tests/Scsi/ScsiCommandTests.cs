@@ -192,6 +192,25 @@ public sealed class ScsiCommandTests
     }
 
     [Fact]
+    public void An_io_that_completes_later_ends_the_command_with_its_data_or_its_error_as_sense()
+    {
+        // READ and WRITE await a late I/O through the task's reusable completion (ScsiExecution),
+        // not an async method: its failure must still become sense, never a faulted execution.
+        var f = new ScsiFixture();
+        f.Volume.Latency = (_, _) => TimeSpan.FromMilliseconds(5);
+        byte[] block = Enumerable.Range(0, 512).Select(i => (byte)i).ToArray();
+        ScsiFixture.AssertGood(f.Run(Cdb.Write10(3, 1), block));
+        TestScsiTask read = f.Run(Cdb.Read10(3, 1));
+        ScsiFixture.AssertGood(read);
+        Assert.Equal(block, read.Data.ToArray());
+
+        f.Volume.FaultInjector = (operation, _) => operation == "read" ? new MediaErrorException("crc mismatch") : null;
+        ScsiFixture.AssertCheck(f.Run(Cdb.Read10(3, 1)), SenseKey.MediumError, Asc.UnrecoveredReadError);
+        f.Volume.FailWritesWithNoSpace = true;
+        ScsiFixture.AssertCheck(f.Run(Cdb.Write10(3, 1), block), SenseKey.DataProtect, Asc.SpaceAllocationFailedWriteProtect);
+    }
+
+    [Fact]
     public void Unknown_opcode_is_an_invalid_command_operation_code()
     {
         var f = new ScsiFixture();

@@ -50,7 +50,7 @@ public sealed class ScsiFixture
         task.DataOut = dataOut;
         task.DataOutLength = dataOut?.Length ?? 0;
         ValueTask run = Unit.ExecuteAsync(task, CancellationToken.None);
-        run.AsTask().Wait(TimeSpan.FromSeconds(30));
+        Assert.True(run.AsTask().Wait(TimeSpan.FromSeconds(30)), "the command did not end within 30 s");
         return task;
     }
 
