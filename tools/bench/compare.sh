@@ -240,8 +240,9 @@ start_tgtd() {
   # The LUN is the working set, written in full first so no read lands on a hole.
   fio --name=fill --ioengine=psync --rw=write --bs=1m --size="$SIZE" --refill_buffers \
     --filename="$file" --output=/dev/null >/dev/null 2>&1 || { echo "could not write $file"; return 1; }
-  tgtd_ctl=$((20000 + RANDOM % 20000))
-  while [[ -e /var/run/tgtd/socket.$tgtd_ctl ]]; do tgtd_ctl=$((20000 + RANDOM % 20000)); done
+  # tgtd and tgtadm take a control port (-C) of at most 32767.
+  tgtd_ctl=$((20000 + RANDOM % 12000))
+  while [[ -e /var/run/tgtd/socket.$tgtd_ctl ]]; do tgtd_ctl=$((20000 + RANDOM % 12000)); done
   tgtd -f -C "$tgtd_ctl" --iscsi "portal=127.0.0.1:$port" >"$logfile" 2>&1 &
   PID[tgtd]=$!
   CMDLINE[tgtd]="tgtd -f -C CTL --iscsi portal=127.0.0.1:PORT; LUN 1 = $SIZE file (backing store rdwr)"
