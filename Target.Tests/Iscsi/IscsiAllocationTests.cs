@@ -7,7 +7,6 @@
 // synchronous client that reuses its buffers, after a warm-up, minus what the process allocates
 // idle for as long. Runs alone (the interop collection). Not timed.
 using System.Buffers.Binary;
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -19,6 +18,7 @@ using Target.Tests.Engine;
 using Target.Tests.Interop;
 using Target.Tests.Scsi;
 using Target.Tests.Support;
+using static Target.Tests.Support.SteadyStateAllocation;
 using Xunit.Abstractions;
 
 namespace Target.Tests.Iscsi;
@@ -27,16 +27,8 @@ namespace Target.Tests.Iscsi;
 public sealed class IscsiAllocationTests(ITestOutputHelper output)
 {
     private const string TargetName = "iqn.2026-11.io.target:alloc";
-    private const int QueueDepth = 32;
-    private const int BlockBytes = Pool.ChunkBytes;
     private const int SectorBytes = 512;
-    private const long VolumeBytes = 32L << 20;
-    private const int WarmupBatches = 400;
-    private const int MeasuredBatches = 3000;
     private const int BhsBytes = 48;
-
-    /// <summary>As NbdAllocationTests: one object per command (24 B or more) or per 32-command batch (0.75 B) is above it.</summary>
-    private const double BytesPerCommandMax = 0.7;
 
     public enum Kind { DeviceRead, CachedRead, Write }
 
@@ -47,25 +39,11 @@ public sealed class IscsiAllocationTests(ITestOutputHelper output)
     public async Task SteadyStateCommandsAllocateNothing(Kind kind)
     {
         using var dir = new TempPoolDir();
-        // The write cache holds the whole volume: writes never wait for destage. Dirty pages do not
-        // age out during the test, so no destage (and no checkpoint) allocates in the windows
-        // measured: what the writes allocate shows in full instead of beside background work.
-        PoolOptions options = EngineTest.Options(dir.Path, segments: 64, cachePages: 2 * (int)(VolumeBytes / BlockBytes)) with
-        {
-            ReadCacheBytes = kind == Kind.DeviceRead ? 0 : 64L << 20,
-            CheckpointJournalBytes = 4L << 20,
-            DirtyAgeMaxMs = 600_000,
-        };
-        await using Pool pool = Pool.Open(options);
-        Volume volume = await pool.CreateVolumeAsync("disk", VolumeBytes, SectorBytes, CancellationToken.None);
+        // Dirty pages do not age out during the test, so no destage (and no checkpoint) allocates in
+        // the windows measured: what the writes allocate shows in full instead of beside background work.
+        await using Pool pool = Pool.Open(Options(dir.Path, readCache: kind != Kind.DeviceRead) with { DirtyAgeMaxMs = 600_000 });
         var random = new Random(8);
-        byte[] fill = new byte[1 << 20];
-        for (long offset = 0; offset < VolumeBytes; offset += fill.Length)
-        {
-            random.NextBytes(fill);
-            await volume.WriteAsync(offset, fill, WriteFlags.None, CancellationToken.None);
-        }
-        await volume.FlushAsync(CancellationToken.None);
+        Volume volume = await CreateFilledVolumeAsync(pool, SectorBytes, random);
 
         var server = new IscsiServer(new IscsiTargetList(new IscsiTarget(TargetName, new MeteredVolume(volume), false)),
             new IscsiServerOptions { NopInInterval = TimeSpan.Zero }, NullLogger.Instance);
@@ -155,28 +133,7 @@ public sealed class IscsiAllocationTests(ITestOutputHelper output)
             }
         }
 
-        RunBatches(WarmupBatches);
-        double best = double.MaxValue;
-        for (int attempt = 1; attempt <= 3 && best > BytesPerCommandMax; attempt++)
-        {
-            using var sampler = new AllocationSampler();
-            long before = GC.GetTotalAllocatedBytes(precise: true);
-            long started = Stopwatch.GetTimestamp();
-            RunBatches(MeasuredBatches);
-            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
-            TimeSpan busy = Stopwatch.GetElapsedTime(started);
-            before = GC.GetTotalAllocatedBytes(precise: true);
-            Thread.Sleep(busy);
-            long idle = GC.GetTotalAllocatedBytes(precise: true) - before;
-            double perCommand = (double)Math.Max(0, allocated - idle) / (MeasuredBatches * QueueDepth);
-            output.WriteLine($"{kind} (attempt {attempt}): {allocated} B allocated over {MeasuredBatches * QueueDepth} commands in {busy.TotalMilliseconds:F0} ms, {idle} B in as long idle: {perCommand:F3} B per command");
-            if (perCommand > BytesPerCommandMax)
-            {
-                foreach ((string type, int count) in sampler.Samples()) output.WriteLine($"  sampled allocation: {type} x{count}");
-            }
-            best = Math.Min(best, perCommand);
-        }
-        Assert.True(best <= BytesPerCommandMax, $"{kind}: {best:F3} B allocated per command at best of 3 (budget {BytesPerCommandMax})");
+        AssertAllocatesNothing(output, kind.ToString(), "command", RunBatches);
     }
 
     private static void Send(Socket socket, ReadOnlySpan<byte> bytes)

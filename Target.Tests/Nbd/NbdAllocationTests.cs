@@ -9,7 +9,6 @@
 // requests would already exceed it. Runs alone (the interop collection) so no other test allocates
 // meanwhile. Not timed. On failure the sampled allocation types (GC AllocationTick) are printed.
 using System.Buffers.Binary;
-using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -19,6 +18,7 @@ using Target.Protocol.Nbd;
 using Target.Tests.Engine;
 using Target.Tests.Interop;
 using Target.Tests.Support;
+using static Target.Tests.Support.SteadyStateAllocation;
 using Xunit.Abstractions;
 
 namespace Target.Tests.Nbd;
@@ -26,20 +26,6 @@ namespace Target.Tests.Nbd;
 [Collection(InteropCollection.Name)]
 public sealed class NbdAllocationTests(ITestOutputHelper output)
 {
-    private const int QueueDepth = 32;
-    private const int BlockBytes = Pool.ChunkBytes;
-    private const long VolumeBytes = 32L << 20;
-    private const int WarmupBatches = 400;
-    private const int MeasuredBatches = 3000;
-
-    /// <summary>
-    /// Allocated bytes allowed per request, all threads, after subtracting what the process
-    /// allocates in as long idle. What is left is background work that grows with load (timer
-    /// waits of the destager and cleaner, tier-1 JIT), measured at 0.0-0.6 B; one object per
-    /// request (24 B or more) is far above this, and one per 32-request batch (0.75 B) above too.
-    /// </summary>
-    private const double BytesPerRequestMax = 0.7;
-
     public enum Kind { DeviceRead, CachedRead, Write }
 
     [Theory]
@@ -49,23 +35,9 @@ public sealed class NbdAllocationTests(ITestOutputHelper output)
     public async Task SteadyStateRequestsAllocateNothing(Kind kind)
     {
         using var dir = new TempPoolDir();
-        // The write cache holds the whole volume: writes never wait for destage (that slow path is
-        // not the steady state measured here).
-        PoolOptions options = EngineTest.Options(dir.Path, segments: 64, cachePages: 2 * (int)(VolumeBytes / BlockBytes)) with
-        {
-            ReadCacheBytes = kind == Kind.DeviceRead ? 0 : 64L << 20,
-            CheckpointJournalBytes = 4L << 20,
-        };
-        await using Pool pool = Pool.Open(options);
-        Volume volume = await pool.CreateVolumeAsync("disk", VolumeBytes, 512, CancellationToken.None);
+        await using Pool pool = Pool.Open(Options(dir.Path, readCache: kind != Kind.DeviceRead));
         var random = new Random(6);
-        byte[] fill = new byte[1 << 20];
-        for (long offset = 0; offset < VolumeBytes; offset += fill.Length)
-        {
-            random.NextBytes(fill);
-            await volume.WriteAsync(offset, fill, WriteFlags.None, CancellationToken.None);
-        }
-        await volume.FlushAsync(CancellationToken.None);
+        Volume volume = await CreateFilledVolumeAsync(pool, 512, random);
         output.WriteLine($"io_uring reads: {pool.ReadsUseIoUring}");
 
         var catalog = new NbdExportCatalog(new NbdExport("disk", new MeteredVolume(volume), "", false));
@@ -128,32 +100,7 @@ public sealed class NbdAllocationTests(ITestOutputHelper output)
             }
         }
 
-        RunBatches(WarmupBatches);
-        // Best of up to three measurements: background work (timers, other threads of the test
-        // host) lands in a window now and then, while an allocation on the request path would show
-        // in every one of them.
-        double best = double.MaxValue;
-        for (int attempt = 1; attempt <= 3 && best > BytesPerRequestMax; attempt++)
-        {
-            using var sampler = new AllocationSampler();
-            long before = GC.GetTotalAllocatedBytes(precise: true);
-            long started = Stopwatch.GetTimestamp();
-            RunBatches(MeasuredBatches);
-            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
-            TimeSpan busy = Stopwatch.GetElapsedTime(started);
-            // The same time idle: what the pool's timers allocate whatever the load.
-            before = GC.GetTotalAllocatedBytes(precise: true);
-            Thread.Sleep(busy);
-            long idle = GC.GetTotalAllocatedBytes(precise: true) - before;
-            double perRequest = (double)Math.Max(0, allocated - idle) / (MeasuredBatches * QueueDepth);
-            output.WriteLine($"{kind} (attempt {attempt}): {allocated} B allocated over {MeasuredBatches * QueueDepth} requests in {busy.TotalMilliseconds:F0} ms, {idle} B in as long idle: {perRequest:F3} B per request");
-            if (perRequest > BytesPerRequestMax)
-            {
-                foreach ((string type, int count) in sampler.Samples()) output.WriteLine($"  sampled allocation: {type} x{count}");
-            }
-            best = Math.Min(best, perRequest);
-        }
-        Assert.True(best <= BytesPerRequestMax, $"{kind}: {best:F3} B allocated per request at best of 3 (budget {BytesPerRequestMax})");
+        AssertAllocatesNothing(output, kind.ToString(), "request", RunBatches);
     }
 
     /// <summary>Blocking socket client: synchronous sends and receives allocate nothing.</summary>
