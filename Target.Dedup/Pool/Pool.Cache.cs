@@ -39,9 +39,11 @@ public sealed partial class Pool
 
     /// <summary>
     /// Destage batches written back to back before one fdatasync: one sync per 1 MiB batch caps
-    /// a sequential stream at about a quarter of what the disk takes with one per 8 MiB.
+    /// a sequential stream at about a quarter of what the disk takes with one per 8 MiB, and 32
+    /// (up to 32 MiB per sync) took sequential streams 10-12% further than 8 (64: no further).
+    /// A batch of duplicates writes only its records, so its group costs little besides the sync.
     /// </summary>
-    private const int MaxGroupBatches = 8;
+    private const int MaxGroupBatches = 32;
 
     /// <summary>
     /// Pages per destage batch: the batch is one gathered write of its header (up to 4 blocks)
