@@ -395,6 +395,9 @@ $(for w in "${nbd_workloads[@]}"; do echo "  - $w: \`${FIO_ARGS[$w]}\`"; done)
   server is idle again after the job (so Target's destage after the job counts), divided by the GB the
   client moved in the measured window. Kernel page-cache writeback (nbdkit file, tgtd) is not counted;
   those backing files are fsynced between jobs so writeback does not land in the next server's turn.
+- Client CPU s/GB: fio's own CPU (its usr_cpu + sys_cpu share of the job's runtime) per GB moved. The
+  client and the server share this machine's $(nproc) cores: the client's CPU per GB at a peer's rate is
+  what that rate leaves the server.
 - Servers:
 $(for s in "${!CMDLINE[@]}"; do echo "  - $s: \`${CMDLINE[$s]}\`"; done)
 EOF

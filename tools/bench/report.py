@@ -77,6 +77,11 @@ def parse_fio(path):
             lat[side] = (pct_us(s, "50.000000"), pct_us(s, "99.000000"))
     rec.update(iops=iops, bw=bw, bytes=nbytes, runtime_ms=max(
         (job.get(s) or {}).get("runtime", 0) for s in ("read", "write")))
+    # The client's own CPU (fio's usr + sys share of its run): on a small machine the client and
+    # the server share the cores, so what one uses per GB caps what the other can reach.
+    if nbytes > 0 and "usr_cpu" in job and job.get("job_runtime"):
+        client_s = (job["usr_cpu"] + job.get("sys_cpu", 0.0)) / 100.0 * job["job_runtime"] / 1000.0
+        rec["client_cpu_s_per_gb"] = client_s / (nbytes / 1e9)
     if len(lat) == 2:
         rec["p50"] = lat["read"][0]; rec["p99"] = lat["read"][1]
         rec["p50w"] = lat["write"][0]; rec["p99w"] = lat["write"][1]
@@ -195,7 +200,7 @@ def cmd_table(a):
         iops = [r["iops"] for r in ok]
         m = {"n": len(ok), "runs": len(runs),
              "errors": sorted({str(r.get("error")) for r in runs if r.get("error")})}
-        for k in ("iops", "bw", "p50", "p99", "p50w", "p99w", "cpu_s_per_gb"):
+        for k in ("iops", "bw", "p50", "p99", "p50w", "p99w", "cpu_s_per_gb", "client_cpu_s_per_gb"):
             m[k] = med([r.get(k) for r in ok])
         m["spread"] = (max(iops) - min(iops)) / m["iops"] * 100 if m["iops"] else None
         return m
@@ -250,8 +255,8 @@ def cmd_table(a):
         out.append("\nDetails (medians over the rounds that succeeded; latency is fio's completion "
                    "latency, read/write for the mix; spread = (max-min)/median of IOPS):\n")
         out.append("| workload | server | IOPS | MB/s | p50 us | p99 us | server CPU s/GB | "
-                   "spread | rounds ok | Target ÷ server |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                   "client CPU s/GB | spread | rounds ok | Target ÷ server |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for w in wls:
             t = agg(group, w, "target") if has_target else None
             for s in present:
@@ -262,7 +267,7 @@ def cmd_table(a):
                     notes.append(f"{label(w)} / {label(s)}: {m['runs'] - m['n']} failed run(s): "
                                  + "; ".join(m["errors"]))
                 if not m["n"]:
-                    out.append(f"| {label(w)} | {label(s)} | failed | | | | | | 0/{m['runs']} | |")
+                    out.append(f"| {label(w)} | {label(s)} | failed | | | | | | | 0/{m['runs']} | |")
                     continue
                 p50 = fmt(m["p50"], ".0f")
                 p99 = fmt(m["p99"], ".0f")
@@ -274,6 +279,7 @@ def cmd_table(a):
                     ratio = f"{t['iops'] / m['iops']:.2f}x"
                 out.append(f"| {label(w)} | {label(s)} | {fmt_iops(m['iops'])} | "
                            f"{m['bw'] / 1e6:.0f} | {p50} | {p99} | {fmt(m['cpu_s_per_gb'], '.2f')} | "
+                           f"{fmt(m.get('client_cpu_s_per_gb'), '.2f')} | "
                            f"{fmt(m['spread'], '.0f')}% | {m['n']}/{m['runs']} | {ratio} |")
     if notes:
         out.append("\nFailures:\n")
