@@ -43,14 +43,14 @@ public sealed partial class Pool
     /// (up to 32 MiB per sync) took sequential streams 10-12% further than 8 (64: no further).
     /// A batch of duplicates writes only its records, so its group costs little besides the sync.
     /// </summary>
-    private const int MaxGroupBatches = 32;
+    internal const int MaxGroupBatches = 32;
 
     /// <summary>
     /// Pages per destage batch: the batch is one gathered write of its header (up to 4 blocks)
     /// and one segment per new chunk's page, and a request of more segments than the disk's
     /// queue takes (virtio-blk: max_segments 254) is split in two.
     /// </summary>
-    private const int MaxBatchPages = 250;
+    internal const int MaxBatchPages = 250;
 
     /// <summary>Combines a batch's data CRC with the next chunk's (computed once, not per chunk).</summary>
     private static readonly CrcShift s_chunkCrcShift = Crc32C.ShiftFor(ChunkBytes);

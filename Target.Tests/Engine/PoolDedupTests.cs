@@ -210,15 +210,17 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
     [Fact]
     public async Task AChunkNewInAnEarlierTurnIsNotSharedWhileABatchAheadDropsIt()
     {
-        // One destage turn of two groups: 2048 pages fill the first group, and block 0 with A
+        // One destage turn of two groups: a full group of pages fills the first, and block 0 with A
         // (new chunk X) is the second group alone. In the next turn, block 0 is overwritten (the
-        // first batch drops X's last reference) and, a batch later, block 5000 is written with A.
+        // first batch drops X's last reference) and, a batch later, block 12000 is written with A.
         // The index lists X, but its pending drop rules it out; the earlier turn's table of chunks
-        // new in flight must not offer it either, or block 5000 maps a freed id.
+        // new in flight must not offer it either, or block 12000 maps a freed id. The cache holds
+        // the first group without reaching the destage watermark (a quarter of it plus half a group).
         using var dir = new TempPoolDir();
-        PoolOptions options = Options(dir.Path, segments: 32, cachePages: 8192) with { DirtyAgeMaxMs = 600_000 };
+        int groupPages = Pool.MaxGroupBatches * Pool.MaxBatchPages;
+        PoolOptions options = Options(dir.Path, segments: 64, cachePages: 4 * groupPages) with { DirtyAgeMaxMs = 600_000 };
         await OverwriteTheOnlyHolderThenWriteItsBytesElsewhereAsync(dir.Path, options, Pattern(1000, 9), // no other block holds these bytes
-            fillBefore: (10, 2048), fillBetween: (3000, 400), target: 5000);
+            fillBefore: (10, groupPages), fillBetween: (10000, Pool.MaxBatchPages + 150), target: 12000);
     }
 
     /// <summary>
@@ -307,9 +309,12 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
         using var dir = new TempPoolDir();
         byte[] p = Pattern(1, 1), r = Pattern(2, 1);
         var fingerprinter = new PairCollidingFingerprinter(p, r);
-        // A cache the fillers do not push past the destage watermark, and no destage by age.
-        PoolOptions options = Options(dir.Path, segments: 64, cachePages: 16384) with { FingerprinterOverride = fingerprinter, DirtyAgeMaxMs = 600_000 };
-        const int fillers = 4500; // more than two groups (2 x 8 x 250 pages) between block 2 and block 4
+        // More than two full destage groups between block 2 and block 4 (so block 2's group is applied
+        // before block 4's batch is built; with fewer, both are decided before either is applied and
+        // the reuse never happens), a cache the fillers do not push past the destage watermark (a
+        // quarter of the cache plus half a group), and no destage by age.
+        int fillers = 2 * Pool.MaxGroupBatches * Pool.MaxBatchPages + 500;
+        PoolOptions options = Options(dir.Path, segments: 128, cachePages: 4 * fillers) with { FingerprinterOverride = fingerprinter, DirtyAgeMaxMs = 600_000 };
         byte[] shadow = new byte[(fillers + 32) * Chunk];
         await using (Pool pool = Pool.Open(options))
         {
