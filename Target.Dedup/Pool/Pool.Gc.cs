@@ -42,6 +42,8 @@ public sealed partial class Pool
     private long _gcSegmentsCleaned;
     private long _gcTicks;
     private long _hostBytesWritten;
+    /// <summary>Whole-chunk writes of what their block already held (nothing stored; under the pool lock).</summary>
+    private long _nopWrites;
     private long _deviceBytesWritten;
     private int _fillWarnedPercent;
     private long _lastHostWriteMs;

@@ -428,10 +428,17 @@ public sealed partial class Pool : IRingReadClient
         int inChunk = (int)(position % ChunkBytes);
         int n = Math.Min(ChunkBytes - inChunk, source.Length);
         long key = WriteCache.KeyOf(volume.State.Id, block);
+        PageDigest written = n != ChunkBytes ? PageDigest.None : compare ? WithEqualCachedChunkLocked(digest, source[..n]) : digest;
+        if (RewritesStoredChunkLocked(volume, block, key, written))
+        {
+            _nopWrites++;
+            done += n;
+            return true;
+        }
         int page = WritablePageLocked(key, wholeChunk: n == ChunkBytes, out bool isNew);
         if (page < 0) return false;
         source[..n].CopyTo(_cache.Data(page)[inChunk..]);
-        _cache.MarkDirty(page, NowMs(), isNew, n != ChunkBytes ? PageDigest.None : compare ? WithEqualCachedChunkLocked(digest, source[..n]) : digest);
+        _cache.MarkDirty(page, NowMs(), isNew, written);
         if (isNew)
         {
             volume.PageEnteredCache();
@@ -440,6 +447,23 @@ public sealed partial class Pool : IRingReadClient
         lastTicket = Math.Max(lastTicket, _cache.Ticket(page));
         done += n;
         return true;
+    }
+
+    /// <summary>
+    /// A whole-chunk write of exactly what its block durably holds, with nothing of the block in the
+    /// write cache: nothing to store (ZFS calls it a nop-write). For data, the writer compared the
+    /// bytes with the stored chunk the map names (its verdict, trusted while that chunk stays in the
+    /// read-cache entry compared: a live chunk's bytes never change, and a freed id leaves the
+    /// cache); for zeros, the map says zero. The map holds only applied, so durable, batches, and
+    /// no page of the block is queued or in flight, so nothing newer is on its way. Caller holds
+    /// the pool lock.
+    /// </summary>
+    private bool RewritesStoredChunkLocked(Volume volume, long block, long key, in PageDigest digest)
+    {
+        if (digest.Kind == DigestKind.Data ? digest.EqualTo == 0 : digest.Kind != DigestKind.Zero) return false;
+        uint mapped = volume.State.Map.Get(block);
+        if (mapped != (digest.Kind == DigestKind.Zero ? ChunkTable.ZeroId : digest.EqualTo) || _cache.TryFind(key, out _)) return false;
+        return digest.Kind == DigestKind.Zero || _chunkCache.StillHolds(digest.EqualTo, digest.CachedAt);
     }
 
     /// <summary>

@@ -368,6 +368,7 @@ public sealed partial class Pool : IAsyncDisposable
                 DestageDeviceWaitMs = Interlocked.Read(ref _destageDeviceWaitTicks) * 1000.0 / Stopwatch.Frequency,
                 DestageGroups = Interlocked.Read(ref _destageGroups),
                 HostBytesWritten = Interlocked.Read(ref _hostBytesWritten),
+                NopWriteBytes = Volatile.Read(ref _nopWrites) * ChunkBytes,
                 DeviceBytesWritten = _deviceBytesWritten,
                 WriteAmplification = _hostBytesWritten == 0 ? 0 : (double)_deviceBytesWritten / _hostBytesWritten,
                 Volumes = volumes,

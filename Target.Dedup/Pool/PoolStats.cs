@@ -59,10 +59,12 @@ public sealed record PoolStats
     public double DestageBuildMs { get; init; }
     /// <summary>Of DestageMs, waiting for a group's writes and fdatasync after everything else was done.</summary>
     public double DestageDeviceWaitMs { get; init; }
-    /// <summary>Destage groups made durable (up to 8 batches and one fdatasync each).</summary>
+    /// <summary>Destage groups made durable (up to 32 batches and one fdatasync each).</summary>
     public long DestageGroups { get; init; }
     /// <summary>Bytes written by hosts (accepted writes, before dedup).</summary>
     public long HostBytesWritten { get; init; }
+    /// <summary>Of HostBytesWritten, whole chunks that held what their block already held durably (nop-writes: nothing stored or destaged).</summary>
+    public long NopWriteBytes { get; init; }
     /// <summary>Bytes written to the back-end log (data, journal headers, cleaner moves; checkpoints not counted).</summary>
     public long DeviceBytesWritten { get; init; }
     /// <summary>Live data as a percentage of capacity.</summary>

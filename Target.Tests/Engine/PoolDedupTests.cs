@@ -340,6 +340,56 @@ public sealed class PoolDedupTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task RewritingWhatABlockHoldsStoresNothingUnlessNewerDataIsOnItsWay()
+    {
+        // Blocks 0-7 hold A..H and block 8 zeros, all destaged. Writing the same bytes again (one
+        // chunk at a time, and as one 8-chunk write) stores nothing: no page, no batch, no device
+        // byte. A block with newer data in the write cache is no such case: block 0 gets B' and then
+        // A again, and must end with A. A zero chunk over a hole is stored (the block becomes zero).
+        using var dir = new TempPoolDir();
+        PoolOptions options = Options(dir.Path) with { DirtyAgeMaxMs = 600_000 };
+        byte[] held = new byte[8 * Chunk];
+        for (int b = 0; b < 8; b++) Pattern(b, 1).CopyTo(held, b * Chunk);
+        byte[] zero = new byte[Chunk];
+        await using (Pool pool = Pool.Open(options))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", 1 << 20, 512, None);
+            await WriteAsync(v, 0, held);
+            await WriteAsync(v, 8 * Chunk, zero);
+            PoolStats before = await Flushed(pool, v);
+            Assert.Equal(0, before.NopWriteBytes);
+
+            for (int b = 0; b < 8; b++) await WriteAsync(v, b * Chunk, held[(b * Chunk)..((b + 1) * Chunk)]);
+            await WriteAsync(v, 0, held);
+            await WriteAsync(v, 8 * Chunk, zero, WriteFlags.Fua);
+            Assert.Equal(0, v.CachedPages);
+            PoolStats after = await Flushed(pool, v);
+            Assert.Equal(17L * Chunk, after.NopWriteBytes);
+            Assert.Equal(before.DeviceBytesWritten, after.DeviceBytesWritten);
+            Assert.Equal(before.DestageGroups, after.DestageGroups);
+
+            // Newer data on its way: A over a dirty B' is a write like any other.
+            await WriteAsync(v, 0, Pattern(0, 2));
+            await WriteAsync(v, 0, Pattern(0, 1));
+            Assert.Equal(1, v.CachedPages);
+            // A zero chunk over a hole is not what the block holds.
+            await WriteAsync(v, 9 * Chunk, zero);
+            Assert.Equal(2, v.CachedPages);
+            await v.FlushAsync(None);
+            Assert.Equal(17L * Chunk, pool.GetStats().NopWriteBytes);
+            Assert.Equal(held, await ReadAsync(v, 0, held.Length));
+            Assert.Equal(ExtentKind.Zero, (await v.GetAllocationAsync(9 * Chunk, Chunk, None)).Items.Single().Kind);
+        }
+        await using (Pool pool = Pool.Open(options))
+        {
+            pool.TryGetVolume("v", out Volume v);
+            Assert.Equal(held, await ReadAsync(v, 0, held.Length));
+            Assert.Equal(zero, await ReadAsync(v, 8 * Chunk, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    [Fact]
     public async Task RewritingStoredDataSharesItWhenNoneOfItIsCached()
     {
         // No read cache: every candidate is verified from the device, by the destager's reads of
