@@ -388,6 +388,9 @@ How each is measured:
 $(for w in "${nbd_workloads[@]}"; do echo "  - $w: \`${FIO_ARGS[$w]}\`"; done)
 - raw disk: the same with \`--ioengine=libaio --direct=1 --filename=FILE\` (a $SIZE file in /tmp).
 - Before the first round every NBD server and the raw file get the working set written once (1 MiB, unique data).
+- seqwrite-dup writes one 4 KiB pattern over the same working set pass after pass: after its first pass
+  every block already holds those bytes, so Target's writes are nop-writes (nothing stored). Duplicates
+  landing on blocks that hold other data go through destage; docs/PERFORMANCE.md measures that case apart.
 - iSCSI: \`qemu-img bench -f raw -t none [-w] -c COUNT -d 32 -s 4096 iscsi://127.0.0.1:PORT/IQN/LUN\`
   (COUNT sized to about ${RUNTIME} s, capped to the working set; qemu-img bench writes one constant
   pattern, which dedups to a single chunk on Target) and \`iscsi-perf -m 32 -b 4096/BLOCK -r -t $RUNTIME\`.

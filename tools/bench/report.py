@@ -30,7 +30,7 @@ LABELS = {
     "randwrite": "4 KiB random write QD32, unique data",
     "randread": "4 KiB random read QD32",
     "seqwrite": "1 MiB sequential write QD8",
-    "seqwrite-dup": "1 MiB sequential write QD8, duplicate data",
+    "seqwrite-dup": "1 MiB sequential write QD8, duplicate data (one pattern, rewritten each pass)",
     "dedup50": "4 KiB random write QD32, 50% duplicates",
     "mix7030": "4 KiB random 70% read / 30% write QD32",
     "qimg-write": "qemu-img bench 4 KiB write QD32",
