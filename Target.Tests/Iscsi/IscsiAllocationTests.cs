@@ -68,7 +68,7 @@ public sealed class IscsiAllocationTests(ITestOutputHelper output)
         // calls with per-call objects, which would count against the server here.
         using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 30_000, SendTimeout = 30_000 };
         socket.Connect(endPoint);
-        Send(socket, RawIscsiSession.LoginRequest(TargetName, "iqn.2026-11.io.target.test:alloc", 1, headerDigest: false, dataDigest: false));
+        SendAll(socket, RawIscsiSession.LoginRequest(TargetName, "iqn.2026-11.io.target.test:alloc", 1, headerDigest: false, dataDigest: false));
         byte[] header = new byte[BhsBytes];
         byte[] data = new byte[RawIscsiSession.MaxRecvDataSegmentBytes];
         ReceiveExactly(socket, header);
@@ -112,7 +112,7 @@ public sealed class IscsiAllocationTests(ITestOutputHelper output)
                     BinaryPrimitives.WriteUInt32BigEndian(pdu[28..], expStatSn);
                     if (write) BinaryPrimitives.WriteInt64LittleEndian(pdu[BhsBytes..], stamp * QueueDepth + i);
                 }
-                Send(socket, batch);
+                SendAll(socket, batch);
                 // Each command ends with a SCSI Response, or a Data-In carrying the status (S bit).
                 for (int done = 0; done < QueueDepth;)
                 {
@@ -134,20 +134,5 @@ public sealed class IscsiAllocationTests(ITestOutputHelper output)
         }
 
         AssertAllocatesNothing(output, kind.ToString(), "command", RunBatches);
-    }
-
-    private static void Send(Socket socket, ReadOnlySpan<byte> bytes)
-    {
-        while (!bytes.IsEmpty) bytes = bytes.Slice(socket.Send(bytes));
-    }
-
-    private static void ReceiveExactly(Socket socket, Span<byte> destination)
-    {
-        while (!destination.IsEmpty)
-        {
-            int received = socket.Receive(destination);
-            if (received == 0) throw new EndOfStreamException("target closed the connection");
-            destination = destination.Slice(received);
-        }
     }
 }

@@ -131,20 +131,9 @@ public sealed class NbdAllocationTests(ITestOutputHelper output)
             }
         }
 
-        public void Send(ReadOnlySpan<byte> bytes)
-        {
-            while (!bytes.IsEmpty) bytes = bytes.Slice(_socket.Send(bytes));
-        }
+        public void Send(ReadOnlySpan<byte> bytes) => SendAll(_socket, bytes);
 
-        public void ReceiveExactly(Span<byte> destination)
-        {
-            while (!destination.IsEmpty)
-            {
-                int received = _socket.Receive(destination);
-                if (received == 0) throw new EndOfStreamException("server closed");
-                destination = destination.Slice(received);
-            }
-        }
+        public void ReceiveExactly(Span<byte> destination) => SteadyStateAllocation.ReceiveExactly(_socket, destination);
 
         public void Dispose() => _socket.Dispose();
     }

@@ -1,8 +1,10 @@
 // What NbdAllocationTests and IscsiAllocationTests share: a pool with one volume written full of
 // random data, and the measurement. Warm-up, then up to three windows of pipelined requests, each
 // counted with GC.GetTotalAllocatedBytes (every thread) minus what the process allocates idle for
-// as long; the best window must stay within the budget. Not timed.
+// as long; the best window must stay within the budget. Not timed. The clients use blocking
+// sockets (SendAll, ReceiveExactly): synchronous sends and receives allocate nothing.
 using System.Diagnostics;
+using System.Net.Sockets;
 using Target.Dedup;
 using Target.Tests.Engine;
 using Xunit.Abstractions;
@@ -81,5 +83,22 @@ internal static class SteadyStateAllocation
             best = Math.Min(best, perRequest);
         }
         Assert.True(best <= BytesPerRequestMax, $"{label}: {best:F3} B allocated per {unit} at best of 3 (budget {BytesPerRequestMax})");
+    }
+
+    /// <summary>Sends all of <paramref name="bytes"/> on a blocking socket.</summary>
+    public static void SendAll(Socket socket, ReadOnlySpan<byte> bytes)
+    {
+        while (!bytes.IsEmpty) bytes = bytes.Slice(socket.Send(bytes));
+    }
+
+    /// <summary>Fills <paramref name="destination"/> from a blocking socket; the server closing first is an error.</summary>
+    public static void ReceiveExactly(Socket socket, Span<byte> destination)
+    {
+        while (!destination.IsEmpty)
+        {
+            int received = socket.Receive(destination);
+            if (received == 0) throw new EndOfStreamException("the server closed the connection");
+            destination = destination.Slice(received);
+        }
     }
 }
