@@ -34,7 +34,10 @@ public sealed class ServeSettingsTests
 
         ServeSettings defaults = ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p" }, new ServeConfigFile());
         Assert.Null(defaults.Device);
-        Assert.Equal(1L << 30, defaults.ReadCacheBytes);
+        Assert.Equal(ServeSettings.DefaultReadCacheFor(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes), defaults.ReadCacheBytes);
+        Assert.Equal(3L << 30, ServeSettings.DefaultReadCacheFor(24L << 30));
+        Assert.Equal(ServeSettings.MinDefaultReadCacheBytes, ServeSettings.DefaultReadCacheFor(1L << 30));
+        Assert.Equal(384L << 20, ServeSettings.DefaultReadCacheFor((3L << 30) + 12345));
         Assert.Equal([80, 90, 95], defaults.FillWarningPercents);
 
         Assert.Throws<FormatException>(() => ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p", FillWarnings = "80,101" }, new ServeConfigFile()));

@@ -47,7 +47,7 @@ public sealed class ServeVerb
     [Option("cache", HelpText = "Write cache size (K/M/G). Default 256M.")]
     public string? Cache { get; set; }
 
-    [Option("read-cache", HelpText = "Read cache of clean chunks (K/M/G; 0 disables). Default 1G.")]
+    [Option("read-cache", HelpText = "Read cache of clean chunks (K/M/G; 0 disables). Default: an eighth of the memory (at least 256M).")]
     public string? ReadCache { get; set; }
 
     [Option("config", HelpText = "JSON file with the same settings (camelCase keys); options given here win.")]
