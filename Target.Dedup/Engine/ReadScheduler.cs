@@ -213,27 +213,18 @@ internal sealed unsafe class ReadScheduler : IDisposable
                 }
                 if (ring.HasCqe)
                 {
-                    // Replies the finished reads produce go out together at the end of the batch.
-                    CompletionBatch.Begin();
-                    try
+                    while (ring.TryTakeCqe(out IoUring.Cqe cqe))
                     {
-                        while (ring.TryTakeCqe(out IoUring.Cqe cqe))
+                        work = true;
+                        if (cqe.UserData == WakeTag)
                         {
-                            work = true;
-                            if (cqe.UserData == WakeTag)
-                            {
-                                wakeArmed = false;
-                                continue;
-                            }
-                            RingRead read = _ringSlots[(int)(cqe.UserData >> 8)];
-                            read.RunResult[(int)(cqe.UserData & 0xff)] = cqe.Result;
-                            inFlightRuns--;
-                            if (--read.PendingRuns == 0) read.Finish();
+                            wakeArmed = false;
+                            continue;
                         }
-                    }
-                    finally
-                    {
-                        CompletionBatch.End();
+                        RingRead read = _ringSlots[(int)(cqe.UserData >> 8)];
+                        read.RunResult[(int)(cqe.UserData & 0xff)] = cqe.Result;
+                        inFlightRuns--;
+                        if (--read.PendingRuns == 0) read.Finish();
                     }
                 }
                 if (_ringStopping && inFlightRuns == 0 && !wakeArmed && held == null && _ringQueue.IsEmpty) return;

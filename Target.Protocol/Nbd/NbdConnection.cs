@@ -19,7 +19,7 @@ namespace Target.Protocol.Nbd;
 
 internal sealed record NbdSession(NbdExport Export, NbdTransmissionFlags Flags, bool StructuredReplies, bool BlockStatusEnabled);
 
-internal sealed partial class NbdConnection : IServerConnection, ICompletionBatchListener
+internal sealed partial class NbdConnection : IServerConnection
 {
     private readonly Socket _socket;
     private readonly INbdExportCatalog _catalog;
@@ -300,7 +300,7 @@ internal sealed partial class NbdConnection : IServerConnection, ICompletionBatc
 
     /// <summary>
     /// Queues a finished operation's reply. On the receive loop the send waits for the end of the parse
-    /// pass; on a thread finishing a batch of engine completions, for the end of that batch.
+    /// pass; elsewhere the send loop is woken at once (it sends every reply ready by then in one send).
     /// </summary>
     internal void EnqueueReply(NbdOperation operation, bool onReceiveLoop)
     {
@@ -309,11 +309,8 @@ internal sealed partial class NbdConnection : IServerConnection, ICompletionBatc
             _readyReplies.Add(operation);
         }
         if (onReceiveLoop) _repliesQueuedInPass = true;
-        else if (!CompletionBatch.TryDefer(this)) _replySignal.Set();
+        else _replySignal.Set();
     }
-
-    /// <summary>A batch of engine completions that produced replies of this connection ended: send them together.</summary>
-    void ICompletionBatchListener.OnCompletionBatchEnd() => _replySignal.Set();
 
     // ---- send loop ----
 
