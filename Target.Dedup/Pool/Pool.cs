@@ -48,7 +48,8 @@ public sealed partial class Pool : IAsyncDisposable
         _cache = new WriteCache((int)Math.Max(64, options.CacheBytes / ChunkBytes));
         _logBuffer = new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes);
         _verifyBuffer = new AlignedBuffer(ChunkBytes);
-        _chunkCache = new ChunkCache(options.ReadCacheBytes);
+        // No more chunks can be live than the log has blocks: a larger read cache would only reserve memory.
+        _chunkCache = new ChunkCache(Math.Min(options.ReadCacheBytes, (long)super.SegmentCount * super.BlocksPerSegment * ChunkBytes));
         _state.ChunkFreed = _chunkCache.Remove;
         _state.FreeingChunk = _chunkCache.PrefetchEntry;
     }

@@ -135,6 +135,18 @@ public sealed class PoolVolumeTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task TheReadCacheIsNoLargerThanTheLogCanHoldChunks()
+    {
+        // `target serve` sizes the read cache from the machine's memory (an eighth): next to a small
+        // pool that would reserve room for more chunks than the pool can ever hold.
+        using var dir = new TempPoolDir();
+        await using (Pool pool = Pool.Open(Options(dir.Path, segments: 8) with { ReadCacheBytes = 1L << 30 }))
+            Assert.Equal(8L * SegmentBytes, pool.GetStats().ReadCacheBytes);
+        await using (Pool pool = Pool.Open(Options(dir.Path, segments: 8) with { ReadCacheBytes = 4L * SegmentBytes }))
+            Assert.Equal(4L * SegmentBytes, pool.GetStats().ReadCacheBytes);
+    }
+
+    [Fact]
     public async Task ASecondOpenOfTheSamePoolFails()
     {
         using var dir = new TempPoolDir();

@@ -75,8 +75,9 @@ public static class ServeCommand
         {
             PoolStats opened = pool.GetStats();
             log.LogInformation(
-                "pool {Uuid} open in {Ms} ms: {Volumes} volume(s), {Physical} stored, {Free} free",
-                opened.Uuid, openTime.ElapsedMilliseconds, opened.Volumes.Count, SizeParser.Human(opened.PhysicalBytes), SizeParser.Human(opened.FreeBytes));
+                "pool {Uuid} open in {Ms} ms: {Volumes} volume(s), {Physical} stored, {Free} free, read cache {ReadCache}",
+                opened.Uuid, openTime.ElapsedMilliseconds, opened.Volumes.Count, SizeParser.Human(opened.PhysicalBytes), SizeParser.Human(opened.FreeBytes),
+                SizeParser.Human(opened.ReadCacheBytes));
 
             foreach (VolumeSpec spec in settings.Volumes)
             {
