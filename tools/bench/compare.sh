@@ -194,6 +194,7 @@ start_target() {
   fi
   URI[target]="nbd://127.0.0.1:$nport/bench"
   target_write_mode=$(sed -n 's/.*write mode \([a-z0-9-]*\).*/\1/p' "$logfile" | head -1)
+  target_read_cache=$(sed -n 's/.*, read cache \([0-9.]* [KMGT]*i*B\).*/\1/p' "$logfile" | head -1)
   if [[ -n "$iport" ]]; then
     start_target_iscsi "$iport" || true
   fi
@@ -381,7 +382,8 @@ Medians of $ROUNDS interleaved rounds (round-robin over the servers per workload
 
 Settings: each job ${RUNTIME} s after a ${RAMP} s ramp (fio), working set $SIZE of $VOLUME_SIZE volumes,
 files in $work (ext4). Target: dedup on, write mode ${target_write_mode:-?} (its default unless TARGET_ARGS says
-otherwise; TARGET_ARGS="$TARGET_ARGS"), O_DIRECT pool of $POOL_SIZE created fresh for this run.
+otherwise; TARGET_ARGS="$TARGET_ARGS"), read cache ${target_read_cache:-?} (as logged at start), O_DIRECT pool of
+$POOL_SIZE created fresh for this run.
 
 How each is measured:
 - fio: \`fio --ioengine=nbd --uri=nbd://127.0.0.1:PORT/EXPORT ${fio_common[*]}\` plus, per workload:
@@ -415,7 +417,7 @@ log "load average at start: $load_start"
 
 nbd_servers=() iscsi_servers=()
 target_iscsi_error=""
-target_write_mode=""
+target_write_mode="" target_read_cache=""
 
 if in_list "$SERVERS" target; then
   log "starting Target ($TARGET_BIN)"
