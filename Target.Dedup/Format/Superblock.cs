@@ -23,6 +23,9 @@ public sealed record Superblock
 
     public int BlocksPerSegment => SegmentBytes / ChunkBytes;
 
+    /// <summary>Bytes of the log: every segment, so the most chunk data the pool can hold.</summary>
+    public long LogBytes => (long)SegmentCount * SegmentBytes;
+
     public long SegmentOffset(uint segment) => DataStartBytes + (long)segment * SegmentBytes;
 
     /// <summary>Log block number (4 KiB units from DataStartBytes) -> device byte offset.</summary>

@@ -49,7 +49,7 @@ public sealed partial class Pool : IAsyncDisposable
         _logBuffer = new AlignedBuffer((MaxHeaderBlocks + MaxBatchBlocks) * ChunkBytes);
         _verifyBuffer = new AlignedBuffer(ChunkBytes);
         // No more chunks can be live than the log has blocks: a larger read cache would only reserve memory.
-        _chunkCache = new ChunkCache(Math.Min(options.ReadCacheBytes, (long)super.SegmentCount * super.BlocksPerSegment * ChunkBytes));
+        _chunkCache = new ChunkCache(Math.Min(options.ReadCacheBytes, super.LogBytes));
         _state.ChunkFreed = _chunkCache.Remove;
         _state.FreeingChunk = _chunkCache.PrefetchEntry;
     }
@@ -333,7 +333,7 @@ public sealed partial class Pool : IAsyncDisposable
             {
                 Uuid = Uuid,
                 Fingerprint = _super.Fingerprint == FingerprintAlgorithm.Sha256 ? "sha256" : "xxh3-128",
-                CapacityBytes = (long)_super.SegmentCount * _super.SegmentBytes,
+                CapacityBytes = _super.LogBytes,
                 FreeBytes = (FreeBlocksLocked() + ColdRoomLocked()) * ChunkBytes,
                 PhysicalBytes = unique * ChunkBytes,
                 LogicalBytes = logicalBlocks * ChunkBytes,
