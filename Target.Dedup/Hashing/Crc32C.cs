@@ -4,12 +4,18 @@
 // Combine(Compute(a), Compute(b), b.Length) == Compute(a + b) without touching the bytes (the
 // zlib method: multiply by x^(8 * length) modulo the polynomial); nothing is allocated after
 // the tables are built once.
-// Speed: with the CRC instruction, inputs of 768 bytes and more run three streams at once
-// (rounds of 3 x 1344 bytes, then 3 x 256), joined by multiplying the earlier streams' registers
-// by x^(8 * stream length) through 4 x 256-entry tables: the instruction's 3-cycle latency no
-// longer bounds the speed. A 4 KiB chunk is one long round and a 64-byte tail.
+// Speed: where the CPU has carry-less multiplication on 512-bit vectors (VPCLMULQDQ with
+// AVX-512), inputs of 256 bytes and more are folded: sixteen 128-bit lanes in four vectors each
+// multiply their bits by x^2048 modulo the polynomial (two multiplications per lane, by constants
+// computed here with MultiplyModP, not tables from elsewhere) and add the next 256 bytes; the lanes
+// then fold into one, whose 16 bytes the CRC instruction finishes (a 4 KiB chunk in about a third of
+// the time of the three streams below). Otherwise, with the CRC instruction, inputs of 768 bytes and
+// more run three streams at once (rounds of 3 x 1344 bytes, then 3 x 256), joined by multiplying the
+// earlier streams' registers by x^(8 * stream length) through 4 x 256-entry tables: the
+// instruction's 3-cycle latency no longer bounds the speed.
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using ArmCrc32 = System.Runtime.Intrinsics.Arm.Crc32;
 
@@ -26,6 +32,9 @@ public static class Crc32C
 
     internal static bool IsHardwareAccelerated => Sse42.X64.IsSupported || ArmCrc32.Arm64.IsSupported;
 
+    /// <summary>Whether inputs of <see cref="FoldMinimumBytes"/> and more are folded with 512-bit carry-less multiplication.</summary>
+    internal static bool CanFold => Sse42.X64.IsSupported && Pclmulqdq.V512.IsSupported && Avx512F.IsSupported;
+
     public static uint Compute(ReadOnlySpan<byte> data) => Append(0, data);
 
     /// <summary>Continues <paramref name="crc"/>, a finished CRC-32C of earlier bytes (0 for none), over <paramref name="data"/>.</summary>
@@ -37,7 +46,10 @@ public static class Crc32C
     private static readonly uint[] s_shiftLong = BuildShiftTable(LongStreamBytes);
     private static readonly uint[] s_shiftShort = BuildShiftTable(ShortStreamBytes);
 
-    internal static uint AppendHardware(uint crc, ReadOnlySpan<byte> data)
+    internal static uint AppendHardware(uint crc, ReadOnlySpan<byte> data) => AppendInstructions(crc, data, fold: CanFold);
+
+    /// <summary>The CRC instruction path, folding inputs of <see cref="FoldMinimumBytes"/> and more when <paramref name="fold"/> (which needs <see cref="CanFold"/>).</summary>
+    internal static uint AppendInstructions(uint crc, ReadOnlySpan<byte> data, bool fold)
     {
         uint state = ~crc;
         ref byte p = ref MemoryMarshal.GetReference(data);
@@ -46,7 +58,12 @@ public static class Crc32C
         if (Sse42.X64.IsSupported)
         {
             ulong wide = state;
-            if (length >= 3 * ShortStreamBytes)
+            if (fold && length >= FoldMinimumBytes)
+            {
+                i = length & ~(nuint)(FoldBlockBytes - 1);
+                wide = Fold(state, ref p, i);
+            }
+            else if (length >= 3 * ShortStreamBytes)
             {
                 while (length - i >= 3 * LongStreamBytes)
                 {
@@ -79,6 +96,66 @@ public static class Crc32C
             throw new PlatformNotSupportedException("no CRC-32C instruction on this CPU");
         }
         return ~state;
+    }
+
+    private const int FoldMinimumBytes = 256;
+    private const int FoldBlockBytes = 64;
+
+    /// <summary>
+    /// Per 128-bit lane, the constants that multiply the lane by x^D modulo the polynomial: its first
+    /// (low) qword holds the higher-degree half, so it takes x^(D + 64), the second x^D; each is
+    /// x^(n - 1) mod P in the reflected 64-bit form, since a carry-less product of two reflected
+    /// operands comes out multiplied by x. D = 2048 bits (four vectors ahead), 512 (one vector
+    /// ahead), and per lane 384, 256, 128 (to the last lane, which stays as it is).
+    /// </summary>
+    private static readonly Vector512<ulong> s_fold2048 = FoldConstants(2048, 2048, 2048, 2048);
+    private static readonly Vector512<ulong> s_fold512 = FoldConstants(512, 512, 512, 512);
+    private static readonly Vector512<ulong> s_foldLanes = FoldConstants(384, 256, 128, 0);
+
+    private static Vector512<ulong> FoldConstants(int d0, int d1, int d2, int d3)
+    {
+        static ulong Reflected(int n) => (ulong)PowerOfX(n, 0) << 32;
+        static (ulong High, ulong Low) Lane(int d) => d == 0 ? (0, 0) : (Reflected(d + 63), Reflected(d - 1));
+        var (h0, l0) = Lane(d0);
+        var (h1, l1) = Lane(d1);
+        var (h2, l2) = Lane(d2);
+        var (h3, l3) = Lane(d3);
+        return Vector512.Create(h0, l0, h1, l1, h2, l2, h3, l3);
+    }
+
+    /// <summary>Each lane of <paramref name="x"/> multiplied by its x^D (<paramref name="k"/>) modulo the polynomial, plus <paramref name="next"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<ulong> FoldInto(Vector512<ulong> x, Vector512<ulong> k, Vector512<ulong> next) =>
+        Avx512F.TernaryLogic(Pclmulqdq.V512.CarrylessMultiply(x, k, 0x00), Pclmulqdq.V512.CarrylessMultiply(x, k, 0x11), next, 0x96);
+
+    /// <summary>
+    /// The raw register after <paramref name="length"/> bytes (a multiple of 64, at least 256) from
+    /// <paramref name="p"/>, from register <paramref name="state"/>: the register is added to the
+    /// first 4 bytes, the bytes folded to 16 congruent ones (same remainder at the same distance from
+    /// the end), and those run through the CRC instruction from 0.
+    /// </summary>
+    private static ulong Fold(uint state, ref byte p, nuint length)
+    {
+        ref ulong q = ref Unsafe.As<byte, ulong>(ref p);
+        Vector512<ulong> x0 = Vector512.LoadUnsafe(ref q) ^ Vector512.CreateScalar((ulong)state);
+        Vector512<ulong> x1 = Vector512.LoadUnsafe(ref q, 8);
+        Vector512<ulong> x2 = Vector512.LoadUnsafe(ref q, 16);
+        Vector512<ulong> x3 = Vector512.LoadUnsafe(ref q, 24);
+        nuint words = length / 8, i = 32;
+        Vector512<ulong> k = s_fold2048;
+        for (; words - i >= 32; i += 32)
+        {
+            x0 = FoldInto(x0, k, Vector512.LoadUnsafe(ref q, i));
+            x1 = FoldInto(x1, k, Vector512.LoadUnsafe(ref q, i + 8));
+            x2 = FoldInto(x2, k, Vector512.LoadUnsafe(ref q, i + 16));
+            x3 = FoldInto(x3, k, Vector512.LoadUnsafe(ref q, i + 24));
+        }
+        k = s_fold512;
+        Vector512<ulong> x = FoldInto(FoldInto(FoldInto(x0, k, x1), k, x2), k, x3);
+        for (; i < words; i += 8) x = FoldInto(x, k, Vector512.LoadUnsafe(ref q, i));
+        Vector512<ulong> f = FoldInto(x, s_foldLanes, Vector512<ulong>.Zero);
+        Vector128<ulong> last = f.GetLower().GetLower() ^ f.GetLower().GetUpper() ^ f.GetUpper().GetLower() ^ x.GetUpper().GetUpper();
+        return Sse42.X64.Crc32(Sse42.X64.Crc32(0, last.GetElement(0)), last.GetElement(1));
     }
 
     /// <summary>

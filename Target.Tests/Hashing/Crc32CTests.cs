@@ -1,6 +1,7 @@
 // CRC-32C against published vectors (the check value, RFC 3720 B.4), Append's chaining
-// rule, the instruction path against the table path for every length 0..300 and around the
-// three-stream path's round sizes (768 bytes up to 1 MiB), and Combine
+// rule, the instruction paths (three streams; folding with 512-bit carry-less multiplication
+// where the CPU has it) against the table path for every length 0..300 and around the paths'
+// round and block sizes (256 bytes up to 1 MiB), and Combine
 // (CRC of a + b from the two CRCs) against computing it over the bytes.
 using System.Runtime.InteropServices;
 using System.Text;
@@ -98,6 +99,32 @@ public sealed class Crc32CTests
         Assert.True(expected == Crc32C.Append(start, input), $"seed {seed:x}: Append differs from the table at length {length}");
         if (Crc32C.IsHardwareAccelerated)
             Assert.True(expected == Crc32C.AppendHardware(start, input), $"seed {seed:x}: instruction path differs from the table at length {length}");
+        if (Crc32C.IsHardwareAccelerated && RuntimeInformation.ProcessArchitecture == Architecture.X64)
+            Assert.True(expected == Crc32C.AppendInstructions(start, input, fold: false), $"seed {seed:x}: three-stream path differs from the table at length {length}");
+        if (Crc32C.CanFold)
+            Assert.True(expected == Crc32C.AppendInstructions(start, input, fold: true), $"seed {seed:x}: folding path differs from the table at length {length}");
+    }
+
+    [Theory]
+    [InlineData(255)]
+    [InlineData(256)]
+    [InlineData(257)]
+    [InlineData(319)]
+    [InlineData(320)]
+    [InlineData(448)]
+    [InlineData(511)]
+    [InlineData(512)]
+    [InlineData(513)]
+    [InlineData(4096)]
+    [InlineData(4096 + 63)]
+    [InlineData(4096 + 64 + 15)]
+    [InlineData(1 << 20)]
+    public void FoldingPathAgreesWithTheTableAroundItsBlockSizes(int length)
+    {
+        // 256 bytes and more fold in 4 x 64-byte blocks, then 64-byte blocks, then the CRC instruction for the tail.
+        var random = new Random(AgreementSeed ^ length);
+        byte[] buffer = new byte[length + 8];
+        for (int trial = 0; trial < 4; trial++) AssertPathsAgree(random, buffer, length, AgreementSeed ^ length);
     }
 
     [Fact]
