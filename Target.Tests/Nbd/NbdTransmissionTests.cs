@@ -359,6 +359,38 @@ public sealed class NbdTransmissionTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_large_write_whose_payload_arrives_in_pieces_with_pauses_is_answered()
+    {
+        // While a large payload arrives the server raises its receive low-water mark; it must never
+        // wait for more than the payload still owed, or a client that sends the rest and then waits
+        // for the reply would wait forever. Pieces straddle the mark (256 KiB) and end short of it.
+        Random random = TestSeed.Create(output);
+        var big = new MemoryVolume("big", 64L << 20);
+        await using var server = new NbdTestServer(output, null, null, new NbdExport("big", big, "", false));
+        await using TestNbdClient client = await server.OpenAsync("big");
+        foreach (int[] pieces in new[] { new[] { 100_000, 300_000, 300_000, 348_576 }, new[] { 1_048_575, 1 }, new[] { 70_000, 1_000 } })
+        {
+            int total = pieces.Sum();
+            byte[] data = RandomBytes(random, total);
+            ulong handle = client.NextHandle();
+            client.Track(NbdCommand.Write, handle, 8192, (uint)total);
+            await client.SendAsync(TestNbdClient.EncodeRequest(NbdCommand.Write, 0, handle, 8192, (uint)total));
+            int sent = 0;
+            foreach (int piece in pieces)
+            {
+                await Task.Delay(50);
+                await client.SendAsync(data.AsMemory(sent, piece));
+                sent += piece;
+            }
+            TestReply reply = await client.ReadReplyAsync();
+            Assert.Equal(handle, reply.Handle);
+            Assert.Equal(0u, reply.Error);
+            byte[] read = await client.ReadAsync(8192, (uint)total);
+            Assert.True(data.AsSpan().SequenceEqual(read));
+        }
+    }
+
+    [Fact]
     public async Task Unix_socket_listener_serves_and_is_removed_on_stop()
     {
         string path = Path.Combine(Path.GetTempPath(), $"nbd-test-{Guid.NewGuid():N}.sock");
