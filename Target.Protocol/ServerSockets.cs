@@ -1,5 +1,6 @@
-// Socket helpers both connection types (NBD, iSCSI) use: send everything or give up cleanly,
-// shut a socket down, and log why a connection's run ended. None of them throws.
+// Socket helpers the connection types (NBD, iSCSI) use: send everything or give up cleanly,
+// shut a socket down, raise the receive low-water mark while a large payload arrives (NBD), and
+// log why a connection's run ended. None of them throws.
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
@@ -29,6 +30,34 @@ internal static class ServerSockets
             logger.LogDebug("{Protocol} {Peer}: send failed ({Error}); nothing more is sent", protocol, peer, ex.Message);
             Shutdown(socket);
             return false;
+        }
+    }
+
+    /// <summary>The receive low-water mark while a large payload arrives (see <see cref="SetReceiveLowWater"/>).</summary>
+    public const int PayloadLowWaterBytes = 256 * 1024;
+
+    /// <summary>
+    /// SO_RCVLOWAT: while a large payload arrives, the receive loop is woken once
+    /// <paramref name="bytes"/> wait, not for each 64 KiB segment; 1 again for headers.
+    /// <paramref name="bytes"/> must never exceed what the peer still owes without waiting for an
+    /// answer (the rest of the payload it is sending), or the loop would wait for bytes never sent.
+    /// <paramref name="current"/> is the connection's mark (1 at first; -1 once the socket refused
+    /// it, which keeps the default and is logged once). NBD uses it (1 MiB writes: unique +4-7%,
+    /// one rewritten pattern +30-40%); iSCSI does not: its 1 MiB writes (256 KiB data segments,
+    /// qemu-img bench) measured 12% slower with it.
+    /// </summary>
+    public static void SetReceiveLowWater(Socket socket, ref int current, int bytes, string protocol, string peer, ILogger logger)
+    {
+        if (bytes == current || current < 0) return;
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReceiveLowWater, bytes);
+            current = bytes;
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            logger.LogDebug("{Protocol} {Peer}: SO_RCVLOWAT not set ({Error}); large payloads wake the receive loop per segment", protocol, peer, ex.Message);
+            current = -1;
         }
     }
 

@@ -169,7 +169,7 @@ internal sealed partial class NbdConnection : IServerConnection
             if (_pendingWrite is { } write && _receiveStart == _receiveEnd && write.PayloadBytes - _pendingWriteFilled >= NbdLimits.DirectReceiveMinBytes)
             {
                 // Large payload: receive straight into the operation's buffer, no copy.
-                SetReceiveLowWater(Math.Min(write.PayloadBytes - _pendingWriteFilled, NbdLimits.PayloadLowWaterBytes));
+                ServerSockets.SetReceiveLowWater(_socket, ref _receiveLowWater, Math.Min(write.PayloadBytes - _pendingWriteFilled, ServerSockets.PayloadLowWaterBytes), "nbd", Peer, _logger);
                 int direct = await _socket.ReceiveAsync(write.Payload.AsMemory(_pendingWriteFilled, write.PayloadBytes - _pendingWriteFilled), SocketFlags.None, _serverToken).ConfigureAwait(false);
                 if (direct == 0)
                 {
@@ -189,7 +189,7 @@ internal sealed partial class NbdConnection : IServerConnection
             {
                 CompactReceiveBuffer();
             }
-            SetReceiveLowWater(1);
+            ServerSockets.SetReceiveLowWater(_socket, ref _receiveLowWater, 1, "nbd", Peer, _logger);
             int received = await _socket.ReceiveAsync(_receiveBuffer.AsMemory(_receiveEnd), SocketFlags.None, _serverToken).ConfigureAwait(false);
             if (received == 0)
             {
@@ -197,26 +197,6 @@ internal sealed partial class NbdConnection : IServerConnection
                 return;
             }
             _receiveEnd += received;
-        }
-    }
-
-    /// <summary>
-    /// SO_RCVLOWAT: while a large payload arrives, the receive loop is woken once that many bytes
-    /// wait (never more than the payload still owed, which the client sends without waiting), not
-    /// for each 64 KiB segment; 1 again for headers. A socket that refuses it keeps the default.
-    /// </summary>
-    private void SetReceiveLowWater(int bytes)
-    {
-        if (bytes == _receiveLowWater || _receiveLowWater < 0) return;
-        try
-        {
-            _socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReceiveLowWater, bytes);
-            _receiveLowWater = bytes;
-        }
-        catch (SocketException e)
-        {
-            _logger.LogDebug("nbd {Peer}: SO_RCVLOWAT not set ({Error}); large payloads wake the receive loop per segment", Peer, e.SocketErrorCode);
-            _receiveLowWater = -1;
         }
     }
 

@@ -43,9 +43,6 @@ public static class NbdLimits
     /// <summary>A write whose missing payload is at least this long is received straight into its own buffer.</summary>
     public const int DirectReceiveMinBytes = 64 * 1024;
 
-    /// <summary>The receive low-water mark while a large payload arrives (see NbdConnection.SetReceiveLowWater).</summary>
-    public const int PayloadLowWaterBytes = 256 * 1024;
-
     /// <summary>Replies up to this size are copied into the coalescing send buffer; larger ones are sent from their own buffer.</summary>
     public const int CoalesceReplyBytesMax = 64 * 1024;
 
