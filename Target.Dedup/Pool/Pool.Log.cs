@@ -5,6 +5,7 @@
 // Invariants: a batch is applied to memory only after it is durable; the head never passes
 // into a segment that is not Free; the log between the newest durable checkpoint's position
 // and the head is never overwritten.
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Target.Dedup.Device;
 using Target.Dedup.Engine;
@@ -31,6 +32,8 @@ public sealed partial class Pool
     /// <summary>headerCrc of the last batch in the log: the chain link the next batch carries (0 before the first).</summary>
     private uint _lastHeaderCrc;
     private ulong _checkpointSeq;
+    private long _checkpointsWritten;
+    private long _checkpointTicks;
     private long _journalBytesSinceCheckpoint;
     private long _reservedBlocks;
     private DateTimeOffset? _lastRecoveryTime;
@@ -491,7 +494,10 @@ public sealed partial class Pool
         }
         // Metadata changes only under the commit mutex, which the caller holds, so the state is
         // still while it is written; reads and cache writes go on meanwhile.
+        long writeStart = Stopwatch.GetTimestamp();
         Checkpoint.Write(Checkpoint.PathOf(_options.Directory, slot), seq, _poolTag, position, _state, segments);
+        Interlocked.Add(ref _checkpointTicks, Stopwatch.GetTimestamp() - writeStart);
+        Interlocked.Increment(ref _checkpointsWritten);
         // Quarantined segments become reusable: wait out every device read that may have looked
         // up a location in one of them (readers hold the gate from lookup to the end of the read).
         _reuseGate.EnterWriteLock();

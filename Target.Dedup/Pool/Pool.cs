@@ -364,6 +364,8 @@ public sealed partial class Pool : IAsyncDisposable
                 GcBytesMovedInline = _gcBytesMovedInline,
                 GcSegmentsCleaned = _gcSegmentsCleaned,
                 GcMs = _gcTicks * 1000.0 / Stopwatch.Frequency,
+                CheckpointsWritten = Interlocked.Read(ref _checkpointsWritten),
+                CheckpointMs = Interlocked.Read(ref _checkpointTicks) * 1000.0 / Stopwatch.Frequency,
                 DestageMs = Interlocked.Read(ref _destageTicks) * 1000.0 / Stopwatch.Frequency,
                 DestageBuildMs = Interlocked.Read(ref _destageBuildTicks) * 1000.0 / Stopwatch.Frequency,
                 DestageDeviceWaitMs = Interlocked.Read(ref _destageDeviceWaitTicks) * 1000.0 / Stopwatch.Frequency,

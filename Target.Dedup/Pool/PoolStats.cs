@@ -53,6 +53,10 @@ public sealed record PoolStats
     public long GcBytesMovedInline { get; init; }
     public long GcSegmentsCleaned { get; init; }
     public double GcMs { get; init; }
+    /// <summary>Checkpoints written since the pool opened (every CheckpointJournalBytes of journal, and as the cleaner frees segments).</summary>
+    public long CheckpointsWritten { get; init; }
+    /// <summary>Time spent encoding and writing those checkpoints (their fsync included).</summary>
+    public double CheckpointMs { get; init; }
     /// <summary>Time the destager spent in turns (build, device wait, apply and land all included).</summary>
     public double DestageMs { get; init; }
     /// <summary>Of DestageMs, building batches (copies, fingerprints, dedup checks, records) and issuing their writes.</summary>

@@ -248,6 +248,49 @@ public sealed class FormatTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ACheckpointBodyIsWhatBinaryWriterWritesAndALongNonAsciiNameRoundTrips()
+    {
+        // The body encoder writes fields itself (not through BinaryWriter); Load reads them with a
+        // BinaryReader. A 200-byte UTF-8 name needs a two-byte length prefix.
+        using var dir = new TempPoolDir();
+        using var state = new PoolState(segmentCount: 4, blocksPerSegment: 1024);
+        string name = string.Concat(Enumerable.Repeat("é", 100));
+        var uuid = Guid.NewGuid();
+        byte[] buffer = new byte[4096];
+        var records = new RecordWriter(buffer);
+        records.CreateVolume(7, uuid, 8L << 20, 512, name);
+        state.ApplyBatch(buffer.AsSpan(0, records.Length), 0, replaying: true);
+        var segments = new SegmentState[4];
+        segments[2] = SegmentState.Quarantined;
+        string path = Checkpoint.PathOf(dir.Path, 0);
+        Checkpoint.Write(path, 1, 9, new CheckpointPosition(1, 0, 0, 1, 0), state, segments);
+
+        var expected = new MemoryStream();
+        using (var w = new BinaryWriter(expected, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            w.Write(segments.Length);
+            foreach (SegmentState s in segments) w.Write((byte)s);
+            w.Write(state.NextVolumeId);
+            w.Write(1);
+            w.Write(7u);
+            w.Write(uuid.ToByteArray());
+            w.Write(8L << 20);
+            w.Write(512);
+            w.Write(name);
+            w.Write(state.VolumesById[7].Map.AllocatedPages);
+            w.Write(state.Chunks.HighWater);
+            w.Write(state.Index.Count);
+        }
+        byte[] body = File.ReadAllBytes(path)[4096..];
+        Assert.Equal(Convert.ToHexString(expected.ToArray()), Convert.ToHexString(body));
+
+        using var loaded = new PoolState(4, 1024);
+        Assert.Equal(segments, Checkpoint.Load(path, loaded));
+        Assert.Equal(name, loaded.VolumesById[7].Name);
+        Assert.Same(loaded.VolumesByName[name], loaded.VolumesById[7]);
+    }
+
+    [Fact]
     public void ACorruptedCheckpointIsRejected()
     {
         int seed = EngineTest.Seed(output);

@@ -40,6 +40,8 @@ public static class PrometheusWriter
             Counter(text, "target_pool_gc_moved_inline_bytes_total", "Bytes the cleaner moved into the log head rather than its own segment.", pool.GcBytesMovedInline);
             Counter(text, "target_pool_gc_segments_cleaned_total", "Segments cleaned.", pool.GcSegmentsCleaned);
             Counter(text, "target_pool_gc_seconds_total", "Time spent cleaning segments.", pool.GcMs / 1000.0);
+            Counter(text, "target_pool_checkpoints_total", "Metadata checkpoints written.", pool.CheckpointsWritten);
+            Counter(text, "target_pool_checkpoint_seconds_total", "Time spent writing metadata checkpoints (fsync included).", pool.CheckpointMs / 1000.0);
             Header(text, "target_pool_destage_seconds_total", "Destager time: in turns (all), building batches (build), waiting for writes and fdatasync (device_wait).", "counter");
             Sample(text, "target_pool_destage_seconds_total", "phase", "all", pool.DestageMs / 1000.0);
             Sample(text, "target_pool_destage_seconds_total", "phase", "build", pool.DestageBuildMs / 1000.0);
