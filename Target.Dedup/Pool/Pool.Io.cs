@@ -46,6 +46,8 @@ public sealed partial class Pool : IRingReadClient
     /// </summary>
     internal ValueTask ReadAsync(Volume volume, long offset, Memory<byte> destination)
     {
+        long now = NowMs();
+        if (Volatile.Read(ref _lastHostReadMs) != now) Volatile.Write(ref _lastHostReadMs, now);
         if (destination.Length <= RingRead.MaxBytes && _device is FileDevice file && _reads!.TryRentRingRead() is { } ring)
             return ReadWithRing(ring, file, volume, offset, destination);
         if (TryReadWithoutDevice(volume, offset, destination.Span)) return ValueTask.CompletedTask;
