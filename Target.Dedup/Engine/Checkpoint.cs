@@ -215,6 +215,11 @@ internal static class Checkpoint
 
         public void Bytes(ReadOnlySpan<byte> bytes)
         {
+            if (bytes.Length <= _buffer.Length)
+            {
+                bytes.CopyTo(Take(bytes.Length));
+                return;
+            }
             Flush();
             stream.Write(bytes);
         }
