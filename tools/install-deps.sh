@@ -26,9 +26,12 @@ declare -A fallbacks=([nbdfuse]=libnbd-bin)
 
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# A command given as a path (a library such as block-iscsi.so) is present when the file exists:
+# `command -v` only finds executables.
 present() {
-  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]] \
-    || command -v "${commands[$1]}" >/dev/null 2>&1
+  local provides=${commands[$1]}
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]] && return 0
+  if [[ "$provides" == /* ]]; then [[ -e "$provides" ]]; else command -v "$provides" >/dev/null 2>&1; fi
 }
 
 missing=()
@@ -71,7 +74,7 @@ echo "install-deps: installing ${install[*]}"
 
 still=()
 for package in "${missing[@]}"; do
-  command -v "${commands[$package]}" >/dev/null 2>&1 || still+=("$package (${commands[$package]})")
+  present "$package" || still+=("$package (${commands[$package]})")
 done
 if ((${#still[@]} > 0)); then
   echo "install-deps: still missing after apt-get: ${still[*]}" >&2
