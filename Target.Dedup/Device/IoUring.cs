@@ -281,8 +281,7 @@ internal sealed unsafe partial class IoUring : IDisposable
 
     private static byte* Map(int fd, nuint bytes, long offset)
     {
-        const int ProtRead = 1, ProtWrite = 2, MapShared = 1, MapPopulate = 0x8000;
-        void* p = Mmap(null, bytes, ProtRead | ProtWrite, MapShared | MapPopulate, fd, offset);
+        void* p = NativeIo.Mmap(null, bytes, NativeIo.PROT_READ | NativeIo.PROT_WRITE, NativeIo.MAP_SHARED | NativeIo.MAP_POPULATE, fd, offset);
         if (p == (void*)-1)
         {
             int errno = Marshal.GetLastPInvokeError();
@@ -294,19 +293,13 @@ internal sealed unsafe partial class IoUring : IDisposable
     public void Dispose()
     {
         if (_fd < 0) return;
-        Munmap(_sqes, _sqesBytes);
-        if (_cqRing != _sqRing) Munmap(_cqRing, _cqRingBytes);
-        Munmap(_sqRing, _sqRingBytes);
+        NativeIo.Munmap(_sqes, _sqesBytes);
+        if (_cqRing != _sqRing) NativeIo.Munmap(_cqRing, _cqRingBytes);
+        NativeIo.Munmap(_sqRing, _sqRingBytes);
         NativeIo.Close(_fd);
         _fd = -1;
     }
 
     [LibraryImport("libc", EntryPoint = "syscall", SetLastError = true)]
     private static partial long Syscall(long number, nint a1, nint a2, nint a3, nint a4, nint a5, nint a6);
-
-    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
-    private static partial void* Mmap(void* address, nuint length, int protection, int flags, int fd, long offset);
-
-    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
-    private static partial int Munmap(void* address, nuint length);
 }

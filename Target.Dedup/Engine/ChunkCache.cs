@@ -9,7 +9,7 @@
 // A bitmap over chunk ids says which are cached: most chunks freed (every overwrite frees one)
 // or read are not, and a bit test costs less than a miss in the id -> slot table. Invariant: an
 // id's bit is set exactly while the table holds it.
-using System.Runtime.InteropServices;
+using Target.Dedup.Device;
 
 namespace Target.Dedup.Engine;
 
@@ -37,7 +37,7 @@ internal sealed unsafe class ChunkCache : IDisposable
         _referenced = new bool[Slots];
         _generation = new uint[Slots];
         _slotOf = new IdSlotTable(Slots);
-        if (Slots > 0) _slab = (byte*)NativeMemory.AlignedAlloc((nuint)Slots * PageBytes, PageBytes);
+        if (Slots > 0) _slab = LargeMemory.Allocate((nuint)Slots * PageBytes);
         for (int i = 0; i < Slots; i++) _memory[i] = (nint)(_slab + (long)i * PageBytes);
     }
 
@@ -192,7 +192,7 @@ internal sealed unsafe class ChunkCache : IDisposable
         {
             // Memory swapped with the write cache comes back to it when that frees its slab: the
             // two pools of pages are freed together (see Pool.Dispose), never one while the other is in use.
-            NativeMemory.AlignedFree(_slab);
+            LargeMemory.Free(_slab, (nuint)Slots * PageBytes);
             _slab = null;
         }
         _slotOf.Dispose();

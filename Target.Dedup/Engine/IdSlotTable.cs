@@ -6,7 +6,7 @@
 // Invariants: no tombstones (backward-shift deletion); an id is present at most once; id 0 is
 // never stored. Not thread-safe: the read cache is used under the pool lock.
 using System.Numerics;
-using System.Runtime.InteropServices;
+using Target.Dedup.Device;
 using System.Runtime.Intrinsics.X86;
 
 namespace Target.Dedup.Engine;
@@ -23,7 +23,7 @@ internal sealed unsafe class IdSlotTable : IDisposable
         uint capacity = BitOperations.RoundUpToPowerOf2((uint)Math.Max(16, 2L * maxCount));
         _shift = 32 - BitOperations.Log2(capacity);
         _mask = capacity - 1;
-        _entries = (ulong*)NativeMemory.AllocZeroed(capacity, sizeof(ulong));
+        _entries = (ulong*)LargeMemory.Allocate((nuint)capacity * sizeof(ulong));
         MaxCount = maxCount;
     }
 
@@ -116,7 +116,7 @@ internal sealed unsafe class IdSlotTable : IDisposable
     {
         if (_entries != null)
         {
-            NativeMemory.Free(_entries);
+            LargeMemory.Free(_entries, ((nuint)_mask + 1) * sizeof(ulong));
             _entries = null;
         }
     }

@@ -11,7 +11,6 @@
 // superseded page of its key still in a batch) is not taken into a batch until that one lands.
 // A page's 4 KiB lives wherever _memory points; a free page's memory may be swapped with a
 // read-cache slot (GiveToReadCache).
-using System.Runtime.InteropServices;
 using Target.Dedup.Device;
 using Target.Dedup.Hashing;
 using Target.Dedup.Index;
@@ -106,9 +105,9 @@ internal sealed unsafe class WriteCache : IDisposable
     public WriteCache(int pages)
     {
         Pages = pages;
-        // Native and long-addressed: a cache of 2 GiB or more does not fit an int offset.
-        _slab = (byte*)NativeMemory.AlignedAlloc((nuint)pages * PageBytes, DeviceConstants.SectorBytes);
-        NativeMemory.Clear(_slab, (nuint)pages * PageBytes);
+        // Native and long-addressed: a cache of 2 GiB or more does not fit an int offset. Zeroed
+        // and sector-aligned (O_DIRECT writes go straight from its pages).
+        _slab = LargeMemory.Allocate((nuint)pages * PageBytes);
         _memory = new nint[pages];
         for (int i = 0; i < pages; i++) _memory[i] = (nint)(_slab + (long)i * PageBytes);
         _key = new long[pages];
@@ -332,7 +331,7 @@ internal sealed unsafe class WriteCache : IDisposable
     {
         if (_slab != null)
         {
-            NativeMemory.AlignedFree(_slab);
+            LargeMemory.Free(_slab, (nuint)Pages * PageBytes);
             _slab = null;
         }
     }

@@ -10,6 +10,7 @@
 // looked up in the chunk table), so a deletion shifts a cluster without touching the chunk table.
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
+using Target.Dedup.Device;
 
 namespace Target.Dedup.Index;
 
@@ -27,7 +28,7 @@ public sealed unsafe class DedupIndex : IDisposable
     {
         _chunks = chunks;
         _capacity = Math.Max(16, initialCapacity);
-        _slots = (ulong*)NativeMemory.AllocZeroed((nuint)_capacity, sizeof(ulong));
+        _slots = (ulong*)LargeMemory.Allocate((nuint)_capacity * sizeof(ulong));
     }
 
     public long Count => _count;
@@ -186,21 +187,21 @@ public sealed unsafe class DedupIndex : IDisposable
         if (newCapacity > uint.MaxValue) throw new NoSpaceException("dedup index full");
         ulong* old = _slots;
         long oldCapacity = _capacity;
-        _slots = (ulong*)NativeMemory.AllocZeroed((nuint)newCapacity, sizeof(ulong));
+        _slots = (ulong*)LargeMemory.Allocate((nuint)newCapacity * sizeof(ulong));
         _capacity = newCapacity;
         for (long i = 0; i < oldCapacity; i++)
         {
             ulong slot = old[i];
             if (slot != 0) InsertSlot((uint)(slot >> 32) & TagMask, (uint)slot, _chunks[(uint)slot].FpHigh);
         }
-        NativeMemory.Free(old);
+        LargeMemory.Free(old, (nuint)oldCapacity * sizeof(ulong));
     }
 
     public void Dispose()
     {
         if (_slots != null)
         {
-            NativeMemory.Free(_slots);
+            LargeMemory.Free(_slots, (nuint)_capacity * sizeof(ulong));
             _slots = null;
         }
     }
