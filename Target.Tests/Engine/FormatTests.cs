@@ -10,6 +10,7 @@ using Target.Dedup.Engine;
 using Target.Dedup.Format;
 using Target.Dedup.Hashing;
 using Target.Dedup.Index;
+using Target.Dedup.Maps;
 using Xunit.Abstractions;
 
 namespace Target.Tests.Engine;
@@ -250,8 +251,8 @@ public sealed class FormatTests(ITestOutputHelper output)
     [Fact]
     public void ACheckpointBodyIsWhatBinaryWriterWritesAndALongNonAsciiNameRoundTrips()
     {
-        // The body encoder writes fields itself (not through BinaryWriter); Load reads them with a
-        // BinaryReader. A 200-byte UTF-8 name needs a two-byte length prefix.
+        // The body encoder writes fields itself (not through BinaryWriter); Load decodes them itself
+        // too. A 200-byte UTF-8 name needs a two-byte length prefix.
         using var dir = new TempPoolDir();
         using var state = new PoolState(segmentCount: 4, blocksPerSegment: 1024);
         string name = string.Concat(Enumerable.Repeat("é", 100));
@@ -288,6 +289,99 @@ public sealed class FormatTests(ITestOutputHelper output)
         Assert.Equal(segments, Checkpoint.Load(path, loaded));
         Assert.Equal(name, loaded.VolumesById[7].Name);
         Assert.Same(loaded.VolumesByName[name], loaded.VolumesById[7]);
+    }
+
+    [Fact]
+    public void ACheckpointBodyWrittenByBinaryWriterLoadsFieldForField()
+    {
+        // Load decodes with its own 1 MiB buffer; the body here is what BinaryWriter writes (the
+        // format since the first checkpoint), 4.8 MB of chunk entries make fields straddle the
+        // buffer's refills, and two volumes carry map pages and a two-byte name length.
+        using var dir = new TempPoolDir();
+        const int segmentCount = 4, blocksPerSegment = 1024, chunkCount = 300_000;
+        uint highWater = ChunkTable.FirstChunkId + chunkCount;
+        var rng = new Random(6);
+        var segments = new[] { SegmentState.Free, SegmentState.Quarantined, SegmentState.Free, SegmentState.Free };
+        string longName = string.Concat(Enumerable.Repeat("ü", 90));
+        var uuids = new[] { Guid.NewGuid(), Guid.NewGuid() };
+        var pages = new uint[3][];
+        for (int p = 0; p < pages.Length; p++)
+        {
+            pages[p] = new uint[VolumeMap.PageEntries];
+            for (int k = 0; k < pages[p].Length; k++) pages[p][k] = (uint)rng.Next(0, (int)highWater);
+        }
+        var entries = new (uint Location, uint RefCount, uint Crc, uint FpHigh)[chunkCount];
+        for (int i = 0; i < chunkCount; i++)
+            entries[i] = i % 7 == 3 ? default : ((uint)rng.Next(0, segmentCount * blocksPerSegment), (uint)rng.Next(1, 5), (uint)rng.Next(), (uint)rng.Next());
+        var indexed = new List<(uint Id, uint Tag)>();
+        for (int i = 0; i < chunkCount; i += 3)
+            if (entries[i].RefCount > 0) indexed.Add((ChunkTable.FirstChunkId + (uint)i, DedupIndex.TagOf((ulong)rng.Next())));
+
+        string path = Checkpoint.PathOf(dir.Path, 0);
+        using (var file = File.Create(path))
+        using (var w = new BinaryWriter(file, System.Text.Encoding.UTF8))
+        {
+            w.Write(new byte[4096]);
+            w.Write(segments.Length);
+            foreach (SegmentState s in segments) w.Write((byte)s);
+            w.Write(12u);
+            w.Write(2);
+            (uint Id, string Name, long[] Pages)[] volumes = [(3u, "a", [0L, 5L]), (11u, longName, [2L])];
+            for (int v = 0; v < volumes.Length; v++)
+            {
+                w.Write(volumes[v].Id);
+                w.Write(uuids[v].ToByteArray());
+                w.Write(1L << 30);
+                w.Write(4096);
+                w.Write(volumes[v].Name);
+                w.Write(volumes[v].Pages.Length);
+                for (int p = 0; p < volumes[v].Pages.Length; p++)
+                {
+                    w.Write(volumes[v].Pages[p]);
+                    foreach (uint e in pages[v * 2 + p]) w.Write(e);
+                }
+            }
+            w.Write(highWater);
+            foreach ((uint location, uint refCount, uint crc, uint fpHigh) in entries)
+            {
+                w.Write(location);
+                w.Write(refCount);
+                w.Write(crc);
+                w.Write(fpHigh);
+            }
+            w.Write((long)indexed.Count);
+            foreach ((uint id, uint tag) in indexed)
+            {
+                w.Write(id);
+                w.Write(tag);
+            }
+        }
+
+        using var state = new PoolState(segmentCount, blocksPerSegment);
+        Assert.Equal(segments, Checkpoint.Load(path, state));
+        Assert.Equal(12u, state.NextVolumeId);
+        VolumeState first = state.VolumesById[3], second = state.VolumesById[11];
+        Assert.Equal(("a", uuids[0], 1L << 30, 4096), (first.Name, first.Uuid, first.SizeBytes, first.LogicalBlockSize));
+        Assert.Equal((longName, uuids[1]), (second.Name, second.Uuid));
+        Assert.Equal(2, first.Map.AllocatedPages);
+        for (int k = 0; k < VolumeMap.PageEntries; k += 97)
+        {
+            Assert.Equal(pages[0][k], first.Map.Get(k));
+            Assert.Equal(pages[1][k], first.Map.Get(5L * VolumeMap.PageEntries + k));
+            Assert.Equal(pages[2][k], second.Map.Get(2L * VolumeMap.PageEntries + k));
+        }
+        Assert.Equal(highWater, state.Chunks.HighWater);
+        var live = new int[segmentCount];
+        for (int i = 0; i < chunkCount; i++)
+        {
+            ChunkEntry e = state.Chunks[ChunkTable.FirstChunkId + (uint)i];
+            Assert.Equal(entries[i], (e.RefCount > 0 ? e.Location : entries[i].Location, e.RefCount, e.Crc, e.FpHigh));
+            if (entries[i].RefCount > 0) live[entries[i].Location / blocksPerSegment]++;
+        }
+        Assert.Equal(live, state.SegmentLive);
+        var loadedIndex = new List<(uint Id, uint Tag)>();
+        state.Index.ForEach((id, tag) => loadedIndex.Add((id, tag)));
+        Assert.Equal(indexed.OrderBy(x => x.Id), loadedIndex.OrderBy(x => x.Id));
     }
 
     [Fact]
