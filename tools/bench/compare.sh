@@ -23,7 +23,9 @@
 #   POOL_SIZE=8G     Target pool size
 #   TARGET_BIN=bin/target        the Target binary to measure
 #   TARGET_ARGS=""   extra `target serve` arguments (e.g. "--write-mode wt")
-#   SERVERS=target,nbdkit-memory,nbdkit-file,qemu-nbd,nbdkit-null,raw-disk,tgtd
+#   SERVERS=target,nbdkit-memory,nbdkit-file,qemu-nbd,nbdkit-null,raw-disk,raw-disk-sync,tgtd
+#                    raw-disk-sync: the raw file with an fdatasync after every 32 writes, sequential
+#                    writes only (the cadence of Target's destage groups: what a durable log pays)
 #   WORKLOADS=randwrite,randread,seqwrite,seqwrite-dup,dedup50,mix7030,qimg-write,qimg-read,iperf-randread
 #   SETTLE_MAX=30    after each job, wait up to this many seconds for the server to go idle
 #                    (Target destages its write cache); that CPU time is counted
@@ -44,7 +46,7 @@ VOLUME_SIZE=${VOLUME_SIZE:-4G}
 POOL_SIZE=${POOL_SIZE:-8G}
 TARGET_BIN=${TARGET_BIN:-$repo/bin/target}
 TARGET_ARGS=${TARGET_ARGS:-}
-SERVERS=${SERVERS:-target,nbdkit-memory,nbdkit-file,qemu-nbd,nbdkit-null,raw-disk,tgtd}
+SERVERS=${SERVERS:-target,nbdkit-memory,nbdkit-file,qemu-nbd,nbdkit-null,raw-disk,raw-disk-sync,tgtd}
 WORKLOADS=${WORKLOADS:-randwrite,randread,seqwrite,seqwrite-dup,dedup50,mix7030,qimg-write,qimg-read,iperf-randread}
 SETTLE_MAX=${SETTLE_MAX:-30}
 KEEP=${KEEP:-0}
@@ -278,6 +280,8 @@ for w in qimg-write qimg-read iperf-randread; do in_list "$WORKLOADS" "$w" && is
 engine_args() {  # the fio engine/target arguments of a server
   if [[ $1 == raw-disk ]]; then
     echo "--ioengine=libaio --direct=1 --filename=$work/raw.img"
+  elif [[ $1 == raw-disk-sync ]]; then
+    echo "--ioengine=libaio --direct=1 --filename=$work/raw-sync.img --fdatasync=32"
   else
     echo "--ioengine=nbd --uri=${URI[$1]}"
   fi
@@ -331,6 +335,7 @@ prefill_nbd() {  # write the working set with unique data so reads hit stored da
   # Target's iSCSI LUN is the whole volume and iscsi-perf reads all of it: fill it all then.
   [[ $server == target && -n "${ISCSI_URL[target]:-}" ]] && span=$VOLUME_SIZE
   [[ $server == raw-disk ]] && fallocate -l "$SIZE" "$work/raw.img"
+  [[ $server == raw-disk-sync ]] && fallocate -l "$SIZE" "$work/raw-sync.img"
   # shellcheck disable=SC2046
   fio --name=prefill $(engine_args "$server") --rw=write --bs=1m --iodepth=8 --size="$span" \
     --refill_buffers --output=/dev/null >/dev/null 2>"$work/prefill-$server.err" ||
@@ -389,6 +394,10 @@ How each is measured:
 - fio: \`fio --ioengine=nbd --uri=nbd://127.0.0.1:PORT/EXPORT ${fio_common[*]}\` plus, per workload:
 $(for w in "${nbd_workloads[@]}"; do echo "  - $w: \`${FIO_ARGS[$w]}\`"; done)
 - raw disk: the same with \`--ioengine=libaio --direct=1 --filename=FILE\` (a $SIZE file in /tmp).
+- raw disk + fdatasync (1 MiB sequential write only): the same plus \`--fdatasync=32\` on a file of its own: an
+  fdatasync after every 32 MiB, as Target's destage makes each group of up to 32 batches of 1 MiB durable.
+  A durable journal pays for those syncs; the plain raw row does not (a virtual disk may hold its writes in
+  the host's cache).
 - Before the first round every NBD server and the raw file get the working set written once (1 MiB, unique data).
 - seqwrite-dup writes one 4 KiB pattern over the same working set pass after pass: after its first pass
   every block already holds those bytes, so Target's writes are nop-writes (nothing stored). Duplicates
@@ -451,6 +460,7 @@ if in_list "$SERVERS" nbdkit-null; then
   else skip nbd nbdkit-null "nbdkit null did not start"; fi
 fi
 in_list "$SERVERS" raw-disk && nbd_servers+=(raw-disk)
+in_list "$SERVERS" raw-disk-sync && in_list "$WORKLOADS" seqwrite && nbd_servers+=(raw-disk-sync)
 
 if ((${#iscsi_workloads[@]} > 0)); then
   if in_list "$SERVERS" target; then
@@ -495,6 +505,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   for w in "${nbd_workloads[@]}"; do
     for s in $(rotate "$round" "${nbd_servers[@]}"); do
       [[ $s == raw-disk && $w == dedup50 ]] && continue  # a plain disk has no dedup to show
+      [[ $s == raw-disk-sync && $w != seqwrite ]] && continue  # the durable-stream reference only
       measure nbd "$s" "$w" "$round"
     done
   done
@@ -509,7 +520,7 @@ done
 
 header >"$work/header.md"
 all_nbd=() all_iscsi=()
-for s in target nbdkit-memory nbdkit-file qemu-nbd nbdkit-null raw-disk; do in_list "$SERVERS" "$s" && all_nbd+=("$s"); done
+for s in target nbdkit-memory nbdkit-file qemu-nbd nbdkit-null raw-disk raw-disk-sync; do in_list "$SERVERS" "$s" && all_nbd+=("$s"); done
 for s in target tgtd; do in_list "$SERVERS" "$s" && all_iscsi+=("$s"); done
 table_args=()
 if ((${#nbd_workloads[@]} > 0)); then

@@ -25,6 +25,7 @@ LABELS = {
     "qemu-nbd": "qemu-nbd O_DIRECT",
     "nbdkit-null": "nbdkit null (client ceiling)",
     "raw-disk": "raw disk (fio libaio O_DIRECT)",
+    "raw-disk-sync": "raw disk + fdatasync every 32 MiB",
     "tgtd": "tgtd (file backing)",
     # workloads
     "randwrite": "4 KiB random write QD32, unique data",
