@@ -1,9 +1,10 @@
 // Zeroed native memory for the big slabs and tables (the write and read caches, the dedup index,
 // the read cache's id table): an anonymous mapping of its own, 2 MiB-aligned and advised for
 // transparent huge pages. On this project's VMs a 4 KiB page fault costs 12-15 us (first touch of
-// 1 GiB: 3-4 s), a 2 MiB one a fraction of that per byte (0.25 s), and huge pages cut TLB misses
-// on the random accesses these structures get. Where THP is off or MADV_HUGEPAGE fails, the
-// memory is ordinary 4 KiB pages: the advice is a hint, never a requirement.
+// 1 GiB: 3-4 s) and 2 MiB pages take a fraction of that per byte (0.25 s); they also mean fewer
+// TLB misses on the random accesses these structures get (docs/PERFORMANCE.md measures both).
+// Where THP is off or MADV_HUGEPAGE fails, the memory is ordinary 4 KiB pages: the advice is a
+// hint, never a requirement.
 using System.Runtime.InteropServices;
 
 namespace Target.Dedup.Device;

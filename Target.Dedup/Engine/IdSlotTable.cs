@@ -6,8 +6,8 @@
 // Invariants: no tombstones (backward-shift deletion); an id is present at most once; id 0 is
 // never stored. Not thread-safe: the read cache is used under the pool lock.
 using System.Numerics;
-using Target.Dedup.Device;
 using System.Runtime.Intrinsics.X86;
+using Target.Dedup.Device;
 
 namespace Target.Dedup.Engine;
 
