@@ -277,11 +277,13 @@ nbd_workloads=() iscsi_workloads=()
 for w in randwrite randread seqwrite seqwrite-dup dedup50 mix7030; do in_list "$WORKLOADS" "$w" && nbd_workloads+=("$w"); done
 for w in qimg-write qimg-read iperf-randread; do in_list "$WORKLOADS" "$w" && iscsi_workloads+=("$w"); done
 
+# The raw-disk references: each its own file, and the sync one an fdatasync every 32 writes.
+declare -A RAW_FILE=([raw-disk]="$work/raw.img" [raw-disk-sync]="$work/raw-sync.img")
+declare -A RAW_EXTRA=([raw-disk]="" [raw-disk-sync]="--fdatasync=32")
+
 engine_args() {  # the fio engine/target arguments of a server
-  if [[ $1 == raw-disk ]]; then
-    echo "--ioengine=libaio --direct=1 --filename=$work/raw.img"
-  elif [[ $1 == raw-disk-sync ]]; then
-    echo "--ioengine=libaio --direct=1 --filename=$work/raw-sync.img --fdatasync=32"
+  if [[ -n "${RAW_FILE[$1]:-}" ]]; then
+    echo "--ioengine=libaio --direct=1 --filename=${RAW_FILE[$1]} ${RAW_EXTRA[$1]}"
   else
     echo "--ioengine=nbd --uri=${URI[$1]}"
   fi
@@ -334,8 +336,7 @@ prefill_nbd() {  # write the working set with unique data so reads hit stored da
   local server=$1 span=$SIZE
   # Target's iSCSI LUN is the whole volume and iscsi-perf reads all of it: fill it all then.
   [[ $server == target && -n "${ISCSI_URL[target]:-}" ]] && span=$VOLUME_SIZE
-  [[ $server == raw-disk ]] && fallocate -l "$SIZE" "$work/raw.img"
-  [[ $server == raw-disk-sync ]] && fallocate -l "$SIZE" "$work/raw-sync.img"
+  [[ -n "${RAW_FILE[$server]:-}" ]] && fallocate -l "$SIZE" "${RAW_FILE[$server]}"
   # shellcheck disable=SC2046
   fio --name=prefill $(engine_args "$server") --rw=write --bs=1m --iodepth=8 --size="$span" \
     --refill_buffers --output=/dev/null >/dev/null 2>"$work/prefill-$server.err" ||
