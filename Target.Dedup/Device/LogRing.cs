@@ -1,7 +1,7 @@
 // The destager's journal writes through io_uring: each batch is one WRITEV straight from its
 // header buffer and cache pages, submitted as soon as the batch is built, and a group's
-// fdatasync is an FSYNC with IOSQE_IO_DRAIN submitted after the group's last write (it starts
-// once every earlier write completed). No thread hand-off per write, no blocked pool threads.
+// fdatasync, when it has one, is an FSYNC with IOSQE_IO_DRAIN submitted after the group's last
+// write (it starts once every earlier write completed). No thread hand-off per write, no blocked pool threads.
 // Used by one thread at a time (whoever holds the pool's commit mutex, so never two at once),
 // and never by two turns' requests at once: a turn reaps everything it submitted before it
 // returns (WaitGroup, Drain).
@@ -91,13 +91,14 @@ internal sealed unsafe class LogRing : IDisposable
     }
 
     /// <summary>
-    /// Waits for group <paramref name="group"/>'s flush, then checks the writes of its slots
-    /// [<paramref name="firstSlot"/>, +<paramref name="count"/>): a short one is finished
-    /// synchronously (and flushed again), a failed one or a failed flush throws IOException.
+    /// Waits for group <paramref name="group"/>'s flush if <paramref name="flushed"/>, then checks
+    /// the writes of its slots [<paramref name="firstSlot"/>, +<paramref name="count"/>): a short one
+    /// is finished synchronously (and flushed again if the group has a flush), a failed one or a
+    /// failed flush throws IOException.
     /// </summary>
-    public void WaitGroup(int group, int firstSlot, int count)
+    public void WaitGroup(int group, int firstSlot, int count, bool flushed)
     {
-        while (_flushResult[group] == Pending) Reap(wait: true);
+        while (flushed && _flushResult[group] == Pending) Reap(wait: true);
         for (int s = firstSlot; s < firstSlot + count; s++)
             while (_result[s] == Pending) Reap(wait: true);
         bool rewrote = false;
@@ -109,6 +110,7 @@ internal sealed unsafe class LogRing : IDisposable
             WriteRest(s, r);
             rewrote = true;
         }
+        if (!flushed) return;
         int f = _flushResult[group];
         if (f < 0) throw new IOException($"fdatasync {_device.Name}: {Marshal.GetPInvokeErrorMessage(-f)} (errno {-f})", -f);
         if (rewrote) _device.Flush();

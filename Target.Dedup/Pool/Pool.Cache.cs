@@ -1,9 +1,13 @@
 // The write cache and the destager. Host writes land in dirty pages (under the short pool
 // lock); the destager takes the oldest pages in batches, fingerprints them outside the lock,
 // drops all-zero pages, shares chunks whose bytes match a verified index candidate, appends
-// the rest to the log, and after the batch is durable maps the blocks and frees the pages.
-// Invariants: the committed ticket only moves forward, and every page queued with a ticket at
-// or below it is durable; a page is mapped only after its batch is durable.
+// the rest to the log, and once the batch is written maps the blocks and frees the pages. The
+// disk's write cache is flushed when a host waits for durability (FLUSH, FUA, `wt`), before a
+// checkpoint, when the destager runs dry, and at the latest JournalFlushMs after a write.
+// Invariants: the written ticket and the committed ticket only move forward, committed <=
+// written; every page queued with a ticket at or below the written one is on the device (its
+// batch applied) and every one at or below the committed one is durable (flushed); a page is
+// mapped only after its batch was written; a checkpoint names only flushed batches.
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
@@ -28,7 +32,15 @@ public sealed partial class Pool
     private readonly CancellationTokenSource _stop = new();
     private Task? _destager;
     private ReadScheduler? _reads;
+    /// <summary>Every page queued with a ticket up to this one is durable (its batch written and flushed).</summary>
     private long _committedTicket;
+    /// <summary>Every page queued with a ticket up to this one is written and applied (maybe not flushed yet).</summary>
+    private long _writtenTicket;
+    /// <summary>Journal writes so far (destage groups and other batches), the last one a submitted flush covers, the last one a completed flush covered.</summary>
+    private long _logWrites, _logFlushSubmitted, _logFlushDone;
+    /// <summary>When the oldest journal write no flush was submitted for was made (NowMs); 0: none.</summary>
+    private long _unflushedSinceMs;
+    private long _journalFlushes;
 
     // Where destage time goes (stats and metrics): whole turns, building and writing groups, waiting
     // for a group's writes and fdatasync, and the number of groups.
@@ -104,8 +116,15 @@ public sealed partial class Pool
     private const int SlotSets = 2;
     private readonly WrittenBatch[] _groupWritten = new WrittenBatch[SlotSets * MaxGroupBatches];
     private readonly List<Task>[] _groupWrites = PerSet(() => new List<Task>(MaxGroupBatches));
-    /// <summary>Groups written and not yet applied, oldest first: (flush, set, batches); Flush is null when the log ring carries it.</summary>
-    private readonly Queue<(Task? Flush, int Set, int Count)> _groupsInFlight = new(SlotSets);
+    /// <summary>
+    /// Groups written and not yet applied, oldest first: the task that completes when its writes
+    /// (and flush, if it has one) did, null when the log ring carries them; its slot set; its
+    /// batches; its number among journal writes (<see cref="_logWrites"/>); whether a flush follows it.
+    /// </summary>
+    private readonly Queue<GroupInFlight> _groupsInFlight = new(SlotSets);
+    private readonly record struct GroupInFlight(Task? Done, int Set, int Count, long Write, bool Flushed);
+    /// <summary>The newest group's task (thread-pool writes): a flushing group's task waits for it, so its fdatasync covers every earlier group.</summary>
+    private Task? _lastGroupDone;
     /// <summary>io_uring for the destager's writes and flushes (null: thread-pool pwritev/fdatasync tasks).</summary>
     private LogRing? _logRing;
 
@@ -192,7 +211,7 @@ public sealed partial class Pool
             await _destageWake.WaitAsync().ConfigureAwait(false);
             while (!_stop.IsCancellationRequested)
             {
-                bool urgent, aged;
+                bool urgent, aged, flushDue;
                 lock (_sync)
                 {
                     if (_cache.QueuedPages >= HighWatermarkPages) draining = true;
@@ -201,9 +220,11 @@ public sealed partial class Pool
                     // cache keeps its old chunk live, and the cleaner would copy it for nothing.
                     urgent = draining || WaitersPendingLocked() || _freeSegments.Count < 2 * FreeSegmentsTarget;
                     aged = _cache.TryPeek(out _, out _, out long since) && NowMs() - since >= _options.DirtyAgeMaxMs;
-                    if (!urgent && !aged && _cache.QueuedPages == 0) AdvanceCommittedLocked(_cache.LastTicket);
+                    if (!urgent && !aged && _cache.QueuedPages == 0) AdvanceWrittenLocked(_cache.LastTicket);
+                    // A turn with nothing to write still flushes (the queue ran dry, or the oldest unflushed write is due).
+                    flushDue = JournalFlushDueLocked();
                 }
-                if (!urgent && !aged) break;
+                if (!urgent && !aged && !flushDue) break;
                 try
                 {
                     await DestageBatchAsync(onlyAged: !urgent).ConfigureAwait(false);
@@ -225,6 +246,75 @@ public sealed partial class Pool
         foreach ((long ticket, TaskCompletionSource _) in _flushWaiters)
             if (ticket > _committedTicket) return true;
         return false;
+    }
+
+    /// <summary>
+    /// Whether the journal writes no flush covers yet are to be flushed now: a host waits for
+    /// durability, they are JournalFlushMs old, or the destager ran dry (nothing queued and no
+    /// host write for a tick: a stream that the destager keeps up with empties the queue often).
+    /// </summary>
+    private bool JournalFlushDueLocked() => _logFlushSubmitted < _logWrites && FlushDueLocked();
+
+    /// <summary>Whether a group about to be written (or the writes not flushed yet) should end with a flush.</summary>
+    private bool FlushDueLocked() =>
+        _options.JournalFlushMs <= 0 || WaitersPendingLocked() ||
+        (_cache.QueuedPages == 0 && NowMs() - Volatile.Read(ref _lastHostWriteMs) >= DestageTickMs) ||
+        (_unflushedSinceMs != 0 && NowMs() - _unflushedSinceMs >= _options.JournalFlushMs);
+
+    /// <summary>Pages up to <paramref name="ticket"/> are written; durable too when every journal write so far was flushed.</summary>
+    private void AdvanceWrittenLocked(long ticket)
+    {
+        if (ticket > _writtenTicket) _writtenTicket = ticket;
+        if (_logFlushDone == _logWrites) AdvanceCommittedLocked(_writtenTicket);
+    }
+
+    /// <summary>
+    /// Counts a journal write (a destage group, or a batch of its own). Without
+    /// <paramref name="flushSubmitted"/> it waits for a later flush; with it, a flush that covers
+    /// it and every earlier one was submitted. Caller holds the commit mutex; the number written.
+    /// </summary>
+    private long CountLogWrite(bool flushSubmitted)
+    {
+        lock (_sync)
+        {
+            long write = ++_logWrites;
+            if (flushSubmitted)
+            {
+                _logFlushSubmitted = write;
+                _unflushedSinceMs = 0;
+            }
+            else if (_unflushedSinceMs == 0)
+            {
+                _unflushedSinceMs = Math.Max(1, NowMs());
+            }
+            return write;
+        }
+    }
+
+    /// <summary>A flush that covered journal write <paramref name="write"/> (and every earlier one) returned.</summary>
+    private void LogFlushedLocked(long write)
+    {
+        _journalFlushes++;
+        if (write > _logFlushDone) _logFlushDone = write;
+        if (_logFlushDone == _logWrites) AdvanceCommittedLocked(_writtenTicket);
+    }
+
+    /// <summary>
+    /// Flushes the journal if a write is not covered by a flush yet. Caller holds the commit mutex
+    /// and has nothing in flight (so every journal write counted has completed).
+    /// </summary>
+    private void FlushJournalLocked()
+    {
+        long write;
+        lock (_sync)
+        {
+            write = _logWrites;
+            if (_logFlushDone == write) return;
+            _logFlushSubmitted = write;
+            _unflushedSinceMs = 0;
+        }
+        FlushLog();
+        lock (_sync) LogFlushedLocked(write);
     }
 
     private void AdvanceCommittedLocked(long ticket)
@@ -331,31 +421,42 @@ public sealed partial class Pool
             {
                 int written = WriteGroup(set, onlyAged, now, nothingInFlight: _groupsInFlight.Count == 0);
                 if (written == 0) break;
-                Task? flush = null;
+                bool flush;
+                lock (_sync) flush = FlushDueLocked();
+                Task? done = null;
                 if (_logRing != null)
                 {
-                    _logRing.SubmitFlush(set);
+                    if (flush) _logRing.SubmitFlush(set);
                 }
                 else
                 {
                     List<Task> writes = _groupWrites[set];
-                    flush = Task.Run(() =>
+                    Task? before = _lastGroupDone;
+                    done = Task.Run(() =>
                     {
+                        // Done only after the groups before (so a flush covers their writes: fdatasync covers completed ones).
+                        if (before != null) { try { before.GetAwaiter().GetResult(); } catch (Exception) { } }
                         WaitForWrites(writes, throwOnFailure: true);
-                        FlushLog();
+                        if (flush) FlushLog();
                     });
+                    _lastGroupDone = done;
                 }
-                _groupsInFlight.Enqueue((flush, set, written));
+                _groupsInFlight.Enqueue(new GroupInFlight(done, set, written, CountLogWrite(flush), flush));
                 if (_groupsInFlight.Count == SlotSets) CompleteOldestGroup();
                 set = (set + 1) % SlotSets;
                 if (written < MaxGroupBatches) break;
             }
             while (_groupsInFlight.Count > 0) CompleteOldestGroup();
+            _lastGroupDone = null;
+            bool flushNow;
+            lock (_sync) flushNow = _logFlushSubmitted < _logWrites && FlushDueLocked();
+            if (flushNow) FlushJournalLocked();
         }
         catch (Exception e)
         {
+            _lastGroupDone = null;
             // Nothing may still write from the slots' buffers or pages once they are reused.
-            foreach ((Task? flush, _, _) in _groupsInFlight) { try { flush?.GetAwaiter().GetResult(); } catch (Exception) { } }
+            foreach (GroupInFlight group in _groupsInFlight) { try { group.Done?.GetAwaiter().GetResult(); } catch (Exception) { } }
             foreach (List<Task> writes in _groupWrites) WaitForWrites(writes, throwOnFailure: false);
             _logRing?.Drain();
             try
@@ -377,8 +478,7 @@ public sealed partial class Pool
 
     private void CompleteOldestGroup()
     {
-        (Task? flush, int set, int count) = _groupsInFlight.Peek();
-        CompleteGroup(flush, set, count);
+        CompleteGroup(_groupsInFlight.Peek());
         _groupsInFlight.Dequeue();
     }
 
@@ -421,19 +521,24 @@ public sealed partial class Pool
         return written;
     }
 
-    /// <summary>Waits for a group's flush (rethrowing its failure), then applies its batches in order and lands their pages.</summary>
-    private void CompleteGroup(Task? flush, int set, int count)
+    /// <summary>
+    /// Waits for a group's writes and its flush if it has one (rethrowing a failure), then applies
+    /// its batches in order and lands their pages; after a flush, every page landed so far is durable
+    /// (the flush ran after every earlier write, and groups land in order).
+    /// </summary>
+    private void CompleteGroup(GroupInFlight group)
     {
+        (Task? done, int set, int count, long write, bool flushed) = group;
         long start = Stopwatch.GetTimestamp();
-        if (flush != null)
+        if (done != null)
         {
-            flush.GetAwaiter().GetResult();
+            done.GetAwaiter().GetResult();
         }
         else
         {
             try
             {
-                _logRing!.WaitGroup(set, set * MaxGroupBatches, count);
+                _logRing!.WaitGroup(set, set * MaxGroupBatches, count, flushed);
             }
             catch (IOException e)
             {
@@ -447,6 +552,14 @@ public sealed partial class Pool
         {
             ApplyWritten(_groupWritten[b]);
             LandBatch(_slots[b]);
+        }
+        if (flushed)
+        {
+            lock (_sync)
+            {
+                LogFlushedLocked(write);
+                AdvanceCommittedLocked(_writtenTicket);
+            }
         }
     }
 
@@ -509,7 +622,7 @@ public sealed partial class Pool
                 int i = slot.NewFirst[n];
                 if (slot.Freed[i]) _cache.GiveToReadCache(slot.Page[i], _chunkCache, slot.NewIds[n]);
             }
-            AdvanceCommittedLocked(slot.LastTicket);
+            AdvanceWrittenLocked(slot.LastTicket);
             ReleasePendingDropsLocked(slot);
             slot.Settled = true;
             if (freed) { _pageFreed.Set(); _spaceFreed.Set(); }
@@ -576,8 +689,8 @@ public sealed partial class Pool
             slot.LastTicket = lastTicket;
             if (count == 0)
             {
-                // Nothing queued and nothing in flight: every ticket handed out is durable.
-                if (_cache.QueuedPages == 0 && nothingInFlight) AdvanceCommittedLocked(_cache.LastTicket);
+                // Nothing queued and nothing in flight: every ticket handed out is written.
+                if (_cache.QueuedPages == 0 && nothingInFlight) AdvanceWrittenLocked(_cache.LastTicket);
                 return false;
             }
         }

@@ -6,7 +6,9 @@
 // head: data that survived a cleaning tends to live on, and kept apart from new writes its
 // segments stay full while the new writes' segments empty out, so later cleanings move less.
 // Victims are chosen by cost-benefit: (1 - u) * age / (1 + u), u = live fraction.
-// Invariants: a move is applied only after its batch is durable; a chunk whose stored bytes
+// Invariants: a move is applied only after its batch is written (its fdatasync comes with the
+// destager's next one; the segment it empties is reused only after two checkpoints, each made
+// after a journal flush); a chunk whose stored bytes
 // fail their CRC is never moved (its segment stays, and the error is logged); the cleaner
 // runs under the commit mutex one batch at a time, so host writes (which go to the cache)
 // never wait for it, and destage waits at most one batch.
@@ -263,17 +265,17 @@ public sealed partial class Pool
             if (moved == 0) break;
             if (coldLocation == BatchHeader.NoSegment)
             {
-                WriteBatch(writer.Length, moved, metadataOnly: true);
+                WriteBatch(writer.Length, moved, metadataOnly: true, lazy: true);
                 _gcBytesMovedInline += (long)moved * ChunkBytes;
             }
             else
             {
                 // The data goes to the cleaner's segment; the batch (header only) records where.
-                // Both reach the disk with the batch's fdatasync; replay checks the data's CRC.
+                // Both reach the disk with the next fdatasync; replay checks the data's CRC.
                 ReadOnlySpan<byte> movedData = dataArea[..(moved * ChunkBytes)];
                 writer.MovedData(coldLocation, moved, Crc32C.Compute(movedData));
                 WriteLogBytes(Superblock.BlockOffset(coldLocation), _logBuffer, MaxHeaderBlocks * ChunkBytes, moved * ChunkBytes);
-                WriteBatch(writer.Length, 0, metadataOnly: true);
+                WriteBatch(writer.Length, 0, metadataOnly: true, lazy: true);
                 lock (_sync)
                 {
                     _deviceBytesWritten += (long)moved * ChunkBytes;

@@ -434,6 +434,8 @@ public sealed partial class Pool : IRingReadClient
         if (RewritesStoredChunkLocked(volume, block, key, written))
         {
             _nopWrites++;
+            // What the block holds came from a written batch that may not be flushed yet: FUA and wt wait for it.
+            lastTicket = Math.Max(lastTicket, _writtenTicket);
             done += n;
             return true;
         }
@@ -452,11 +454,12 @@ public sealed partial class Pool : IRingReadClient
     }
 
     /// <summary>
-    /// A whole-chunk write of exactly what its block durably holds, with nothing of the block in the
+    /// A whole-chunk write of exactly what its block holds, with nothing of the block in the
     /// write cache: nothing to store (ZFS calls it a nop-write). For data, the writer compared the
     /// bytes with the stored chunk the map names (its verdict, trusted while that chunk stays in the
     /// read-cache entry compared: a live chunk's bytes never change, and a freed id leaves the
-    /// cache); for zeros, the map says zero. The map holds only applied, so durable, batches, and
+    /// cache); for zeros, the map says zero. The map holds only applied, so written, batches (durable
+    /// once the written ticket is committed, which a FUA or wt nop-write waits for), and
     /// no page of the block is queued or in flight, so nothing newer is on its way. Caller holds
     /// the pool lock.
     /// </summary>

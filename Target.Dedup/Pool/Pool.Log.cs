@@ -2,7 +2,8 @@
 // one fdatasync (group commit); segment chaining through each header's nextSegment; recovery
 // (newest valid checkpoint + replay of the tail, stopping at the first torn or stale batch);
 // checkpoints and the segment free list.
-// Invariants: a batch is applied to memory only after it is durable; the head never passes
+// Invariants: a batch is applied to memory only after it is written (durable: after a flush,
+// which every checkpoint is preceded by, see Pool.Cache.cs); the head never passes
 // into a segment that is not Free; the log between the newest durable checkpoint's position
 // and the head is never overwritten.
 using System.Diagnostics;
@@ -285,7 +286,7 @@ public sealed partial class Pool
 
     internal delegate void RecordBuilder(ref RecordWriter writer);
 
-    /// <summary>A batch on the device whose fdatasync has not returned yet: not applied.</summary>
+    /// <summary>A batch on its way to the device: not applied.</summary>
     private readonly struct WrittenBatch(AlignedBuffer buffer, int headerStart, int headerBlocks, int recordBytes, int totalBlocks, uint dataStart)
     {
         public AlignedBuffer Buffer { get; } = buffer;
@@ -298,12 +299,19 @@ public sealed partial class Pool
 
     /// <summary>
     /// Writes the batch whose records are at _logBuffer[FixedBytes..] and whose data blocks sit
-    /// at _logBuffer[MaxHeaderBlocks * ChunkBytes..]; fdatasyncs; applies it. Caller holds the commit mutex.
+    /// at _logBuffer[MaxHeaderBlocks * ChunkBytes..]; fdatasyncs unless <paramref name="lazy"/> (the
+    /// fdatasync makes the destage groups written before it durable too; a lazy batch waits for the
+    /// next flush like a destage group); applies it. Caller holds the commit mutex, with nothing in flight.
     /// </summary>
-    private void WriteBatch(int recordBytes, int dataBlocks, bool metadataOnly)
+    private void WriteBatch(int recordBytes, int dataBlocks, bool metadataOnly, bool lazy = false)
     {
         WrittenBatch batch = WriteBatchUnflushed(_logBuffer, recordBytes, dataBlocks, metadataOnly);
-        FlushLog();
+        long write = CountLogWrite(flushSubmitted: !lazy);
+        if (!lazy)
+        {
+            FlushLog();
+            lock (_sync) LogFlushedLocked(write);
+        }
         ApplyWritten(batch);
         CheckpointIfDue();
     }
@@ -441,7 +449,7 @@ public sealed partial class Pool
         }
     }
 
-    /// <summary>Applies a durable batch, exactly as replay would, from the bytes written. Caller holds the commit mutex.</summary>
+    /// <summary>Applies a written batch, exactly as replay would, from the bytes written. Caller holds the commit mutex.</summary>
     private void ApplyWritten(in WrittenBatch batch)
     {
         lock (_sync)
@@ -462,6 +470,8 @@ public sealed partial class Pool
     private void WriteCheckpointLocked()
     {
         ThrowIfFailed();
+        // The checkpoint describes every batch applied so far: they must be durable before it is.
+        FlushJournalLocked();
         ulong seq = _checkpointSeq + 1;
         int slot = (int)(seq & 1);
         CheckpointPosition position;

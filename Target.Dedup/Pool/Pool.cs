@@ -370,6 +370,7 @@ public sealed partial class Pool : IAsyncDisposable
                 DestageBuildMs = Interlocked.Read(ref _destageBuildTicks) * 1000.0 / Stopwatch.Frequency,
                 DestageDeviceWaitMs = Interlocked.Read(ref _destageDeviceWaitTicks) * 1000.0 / Stopwatch.Frequency,
                 DestageGroups = Interlocked.Read(ref _destageGroups),
+                JournalFlushes = _journalFlushes,
                 HostBytesWritten = Interlocked.Read(ref _hostBytesWritten),
                 NopWriteBytes = Volatile.Read(ref _nopWrites) * ChunkBytes,
                 DeviceBytesWritten = _deviceBytesWritten,

@@ -31,6 +31,16 @@ public sealed record PoolOptions
     /// <summary>Dirty pages older than this are destaged by the timer.</summary>
     public int DirtyAgeMaxMs { get; init; } = 1000;
 
+    /// <summary>
+    /// The longest a journal write waits for the disk's write cache to be flushed when no host asks
+    /// for durability (FLUSH, FUA, <c>wt</c>), no checkpoint is written and the destager does not
+    /// run dry (ext4's default commit interval, and ZFS's transaction group timeout, are also 5 s).
+    /// 0: every destage group ends with an fdatasync.
+    /// </summary>
+    public int JournalFlushMs { get; init; } = DefaultJournalFlushMs;
+
+    public const int DefaultJournalFlushMs = 5000;
+
     /// <summary>A checkpoint is written once this many journal bytes have been appended since the last one.</summary>
     public long CheckpointJournalBytes { get; init; } = 256L << 20;
 

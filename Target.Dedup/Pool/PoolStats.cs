@@ -61,10 +61,12 @@ public sealed record PoolStats
     public double DestageMs { get; init; }
     /// <summary>Of DestageMs, building batches (copies, fingerprints, dedup checks, records) and issuing their writes.</summary>
     public double DestageBuildMs { get; init; }
-    /// <summary>Of DestageMs, waiting for a group's writes and fdatasync after everything else was done.</summary>
+    /// <summary>Of DestageMs, waiting for a group's writes (and fdatasync, if it has one) after everything else was done.</summary>
     public double DestageDeviceWaitMs { get; init; }
-    /// <summary>Destage groups made durable (up to 32 batches and one fdatasync each).</summary>
+    /// <summary>Destage groups written and applied (up to 32 batches each).</summary>
     public long DestageGroups { get; init; }
+    /// <summary>fdatasyncs of the journal (a destage group's, a batch of the cleaner's or a metadata change's, or before a checkpoint or on demand).</summary>
+    public long JournalFlushes { get; init; }
     /// <summary>Bytes written by hosts (accepted writes, before dedup).</summary>
     public long HostBytesWritten { get; init; }
     /// <summary>Of HostBytesWritten, whole chunks that held what their block already held durably (nop-writes: nothing stored or destaged).</summary>

@@ -31,17 +31,17 @@ public sealed class LogRingTests(Xunit.Abstractions.ITestOutputHelper output)
         for (int i = 0; i < 16; i++) pages.Span.Slice(i * Page, Page).Fill((byte)(0x10 + i));
         nint Addr(int page) => (nint)((byte*)pages.Pointer + (long)page * Page);
 
-        // Group 0: slots 0 and 1; group 1: slots 2 and 3. Pages go in a scattered order.
+        // Group 0: slots 0 and 1, no flush; group 1: slots 2 and 3, then a flush. Pages go in a scattered order.
         int[][] order = [[5, 2, 9], [0], [15, 14, 13, 12], [7, 3]];
         long[] at = [0, 4, 6, 11];
         for (int slot = 0; slot < 4; slot++)
         {
             nint[] addresses = order[slot].Select(Addr).ToArray();
             ring.SubmitWrite(slot, at[slot] * Page, headers.Span.Slice(slot * Page, Page), addresses);
-            if (slot % 2 == 1) ring.SubmitFlush(slot / 2);
+            if (slot == 3) ring.SubmitFlush(1);
         }
-        ring.WaitGroup(0, 0, 2);
-        ring.WaitGroup(1, 2, 2);
+        ring.WaitGroup(0, 0, 2, flushed: false);
+        ring.WaitGroup(1, 2, 2, flushed: true);
         Assert.Equal(0, ring.Outstanding);
 
         using var read = new AlignedBuffer(Page);
@@ -70,7 +70,7 @@ public sealed class LogRingTests(Xunit.Abstractions.ITestOutputHelper output)
         ring.SubmitWrite(0, 0, header.Span, [(nint)pages.Pointer]);
         ring.SubmitWrite(1, 2 * Page, header.Span, [misaligned]);
         ring.SubmitFlush(0);
-        IOException e = Assert.Throws<IOException>(() => ring.WaitGroup(0, 0, 2));
+        IOException e = Assert.Throws<IOException>(() => ring.WaitGroup(0, 0, 2, flushed: true));
         Assert.Contains("journal write", e.Message);
         ring.Drain();
         Assert.Equal(0, ring.Outstanding);

@@ -46,7 +46,8 @@ public static class PrometheusWriter
             Sample(text, "target_pool_destage_seconds_total", "phase", "all", pool.DestageMs / 1000.0);
             Sample(text, "target_pool_destage_seconds_total", "phase", "build", pool.DestageBuildMs / 1000.0);
             Sample(text, "target_pool_destage_seconds_total", "phase", "device_wait", pool.DestageDeviceWaitMs / 1000.0);
-            Counter(text, "target_pool_destage_groups_total", "Destage groups made durable (one fdatasync each).", pool.DestageGroups);
+            Counter(text, "target_pool_destage_groups_total", "Destage groups written and applied.", pool.DestageGroups);
+            Counter(text, "target_pool_journal_flushes_total", "fdatasyncs of the journal (destage groups that end with one, other batches, before checkpoints, on demand).", pool.JournalFlushes);
             Counter(text, "target_pool_host_written_bytes_total", "Bytes written by hosts, before dedup.", pool.HostBytesWritten);
             Counter(text, "target_pool_nop_write_bytes_total", "Of the host's bytes, whole chunks that held what their block already held (nothing stored).", pool.NopWriteBytes);
             Counter(text, "target_pool_device_written_bytes_total", "Bytes written to the back-end log.", pool.DeviceBytesWritten);

@@ -44,6 +44,9 @@ public sealed class ServeVerb
     [Option("write-mode", HelpText = "wt (ack after durable) or 1way-wb (ack after memory; FLUSH/FUA honoured). Default 1way-wb.")]
     public string? WriteMode { get; set; }
 
+    [Option("journal-flush-ms", HelpText = "Longest time a journal write waits for the disk's cache to be flushed when no host asked for durability (FLUSH, FUA and wt always wait for one), in ms; 0 flushes after every destage group. Default 5000.")]
+    public int? JournalFlushMs { get; set; }
+
     [Option("cache", HelpText = "Write cache size (K/M/G). Default 256M.")]
     public string? Cache { get; set; }
 

@@ -30,6 +30,8 @@ public sealed class ServeConfigFile
 
     public string? WriteMode { get; set; }
 
+    public int? JournalFlushMs { get; set; }
+
     [JsonConverter(typeof(SizeJsonConverter))]
     public long? Cache { get; set; }
 

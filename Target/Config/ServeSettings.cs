@@ -31,6 +31,7 @@ public sealed record ServeSettings
     public bool NoDirect { get; init; }
     public WriteMode WriteMode { get; init; } = WriteMode.OneWayWriteBack;
     public long CacheBytes { get; init; } = DefaultCacheBytes;
+    public int JournalFlushMs { get; init; } = PoolOptions.DefaultJournalFlushMs;
 
     /// <summary>
     /// The read cache when none is configured: an eighth of the memory this process may use (the
@@ -91,6 +92,10 @@ public sealed record ServeSettings
         if (cacheBytes <= 0)
             throw new FormatException("cache size must be positive");
 
+        int journalFlushMs = cli.JournalFlushMs ?? file.JournalFlushMs ?? PoolOptions.DefaultJournalFlushMs;
+        if (journalFlushMs < 0)
+            throw new FormatException("journal flush interval must not be negative");
+
         long readCacheBytes = cli.ReadCache is not null ? SizeParser.Parse(cli.ReadCache) : file.ReadCache ?? DefaultReadCacheBytes;
         if (readCacheBytes < 0)
             throw new FormatException("read cache size must not be negative");
@@ -112,6 +117,7 @@ public sealed record ServeSettings
             NoDirect = cli.NoDirect || (file.NoDirect ?? false),
             WriteMode = writeMode,
             CacheBytes = cacheBytes,
+            JournalFlushMs = journalFlushMs,
             ReadCacheBytes = readCacheBytes,
             LogLevel = logLevel,
             Iscsi = ParseListener(cli.Iscsi ?? file.Iscsi ?? "off", "iscsi"),

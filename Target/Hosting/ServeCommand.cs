@@ -48,9 +48,9 @@ public static class ServeCommand
     private static async Task<int> RunAsync(ServeSettings settings, ILoggerFactory loggerFactory, ILogger log, ShutdownSignals signals)
     {
         log.LogInformation(
-            "opening pool {Directory} (creates {PoolSize} if missing), write mode {WriteMode}, cache {Cache}{Direct}",
+            "opening pool {Directory} (creates {PoolSize} if missing), write mode {WriteMode}, cache {Cache}, journal flushed at least every {JournalFlushMs} ms{Direct}",
             settings.PoolDirectory, SizeParser.Format(settings.PoolSizeBytes), WriteModes.ToText(settings.WriteMode),
-            SizeParser.Format(settings.CacheBytes), settings.NoDirect ? ", no O_DIRECT" : "");
+            SizeParser.Format(settings.CacheBytes), settings.JournalFlushMs, settings.NoDirect ? ", no O_DIRECT" : "");
 
         var openTime = Stopwatch.StartNew();
         Pool pool = Pool.Open(new PoolOptions
@@ -62,6 +62,7 @@ public static class ServeCommand
             NoDirect = settings.NoDirect,
             WriteMode = settings.WriteMode,
             CacheBytes = settings.CacheBytes,
+            JournalFlushMs = settings.JournalFlushMs,
             ReadCacheBytes = settings.ReadCacheBytes,
             LoggerFactory = loggerFactory,
         });
