@@ -8,6 +8,10 @@
 //         and its batch), every one of those writes but the last is undone (its old bytes come
 //         back), then the "process dies": a power loss that kept a later write and lost an
 //         earlier one (the disk reordered them).
+//   PowerLoss: at a chosen write the power fails: that write never happens, and each write since
+//         the last flush is, at random, kept, lost (its old bytes come back) or torn (a random
+//         subset of its sectors comes back), as a disk with a volatile write cache may leave
+//         them; then the "process dies".
 //   BeforeWrite: a callback run before each write (outside the device's lock), to make another
 //         request happen exactly while a journal write is in flight.
 // Reads are never faulted. Everything random comes from the seed given at construction.
@@ -65,6 +69,63 @@ internal sealed class FaultyDevice : IBlockDevice
         lock (_gate) { _loseEarlierWrites = true; DisposeUnflushed(); }
     }
 
+    private int _powerLossCountdown = -1;
+    private bool _powerLossLosesAll;
+
+    /// <summary>
+    /// The power fails at the write after <paramref name="writesBefore"/> more writes (0: the next
+    /// write); with <paramref name="loseAll"/> every write since the last flush is lost. Writes are
+    /// recorded from the first arming on (earlier ones count as flushed); arming again keeps the record.
+    /// </summary>
+    public void ArmPowerLoss(int writesBefore, bool loseAll = false)
+    {
+        lock (_gate)
+        {
+            if (_powerLossCountdown < 0) DisposeUnflushed();
+            _powerLossCountdown = writesBefore;
+            _powerLossLosesAll = loseAll;
+        }
+    }
+
+    /// <summary>What the power loss did to the writes since the last flush: kept, lost and torn.</summary>
+    public (int Kept, int Lost, int Torn)? LastPowerLoss { get; private set; }
+
+    /// <summary>Undoes each unflushed write wholly, partly or not at all (newest first, so every sector ends as one of the values it held since the flush).</summary>
+    private void LosePower()
+    {
+        int kept = 0, lost = 0, torn = 0;
+        for (int i = _unflushed.Count - 1; i >= 0; i--)
+        {
+            (long offset, AlignedBuffer old) = _unflushed[i];
+            switch (_powerLossLosesAll ? 1 : _random.Next(3))
+            {
+                case 0:
+                    kept++;
+                    break;
+                case 1:
+                    _inner.Write(offset, old.Span);
+                    lost++;
+                    break;
+                default:
+                    using (var sector = new AlignedBuffer(Sector))
+                    {
+                        for (int k = 0; k < old.Span.Length / Sector; k++)
+                        {
+                            if (_random.Next(2) == 0) continue;
+                            old.Span.Slice(k * Sector, Sector).CopyTo(sector.Span);
+                            _inner.Write(offset + (long)k * Sector, sector.Span);
+                        }
+                    }
+                    torn++;
+                    break;
+            }
+        }
+        LastPowerLoss = (kept, lost, torn);
+        DisposeUnflushed();
+        _powerLossCountdown = -1;
+        Crashed = true;
+    }
+
     public Action<long, int>? BeforeWrite { get; set; }
 
     public void Read(long offsetBytes, Span<byte> destination) => _inner.Read(offsetBytes, destination);
@@ -90,12 +151,20 @@ internal sealed class FaultyDevice : IBlockDevice
                 LastDrop = (offsetBytes, sectors);
                 return;
             }
-            if (_loseEarlierWrites)
+            if (_powerLossCountdown >= 0 && _powerLossCountdown-- == 0)
+            {
+                LosePower();
+                throw new IOException($"simulated power loss at the write of {sectors} sectors at {offsetBytes}: {LastPowerLoss} of the writes since the last flush kept/lost/torn");
+            }
+            if (_loseEarlierWrites || _powerLossCountdown >= 0)
             {
                 // O_DIRECT devices want aligned buffers.
                 var old = new AlignedBuffer(source.Length);
                 _inner.Read(offsetBytes, old.Span);
                 _unflushed.Add((offsetBytes, old));
+                // Under the lock: no write may reach the disk after the power failed.
+                _inner.Write(offsetBytes, source);
+                return;
             }
         }
         _inner.Write(offsetBytes, source);
