@@ -45,6 +45,16 @@ public sealed class ServeSettingsTests
     }
 
     [Fact]
+    public void Journal_flush_interval_defaults_to_5_s_comes_from_file_or_command_line_and_is_not_negative()
+    {
+        Assert.Equal(5000, ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p" }, new ServeConfigFile()).JournalFlushMs);
+        ServeConfigFile file = ServeConfigFile.Parse("{ \"journalFlushMs\": 250 }");
+        Assert.Equal(250, ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p" }, file).JournalFlushMs);
+        Assert.Equal(0, ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p", JournalFlushMs = 0 }, file).JournalFlushMs);
+        Assert.Throws<FormatException>(() => ServeSettings.Resolve(new ServeVerb { Pool = "/tmp/p", JournalFlushMs = -1 }, new ServeConfigFile()));
+    }
+
+    [Fact]
     public void Command_line_options_are_parsed()
     {
         var cli = new ServeVerb
