@@ -50,10 +50,11 @@ public sealed partial class Pool
     private long _destageGroups;
 
     /// <summary>
-    /// Destage batches written back to back before one fdatasync: one sync per 1 MiB batch caps
-    /// a sequential stream at about a quarter of what the disk takes with one per 8 MiB, and 32
-    /// (up to 32 MiB per sync) took sequential streams 10-12% further than 8 (64: no further).
-    /// A batch of duplicates writes only its records, so its group costs little besides the sync.
+    /// Destage batches per group, written back to back and applied together (ended by one
+    /// fdatasync when a flush is due, see JournalFlushDueLocked). When every group ended with one:
+    /// one sync per 1 MiB batch capped a sequential stream at about a quarter of what the disk
+    /// takes with one per 8 MiB, and 32 (up to 32 MiB per sync) took sequential streams 10-12%
+    /// further than 8 (64: no further).
     /// </summary>
     internal const int MaxGroupBatches = 32;
 
@@ -123,7 +124,7 @@ public sealed partial class Pool
     /// </summary>
     private readonly Queue<GroupInFlight> _groupsInFlight = new(SlotSets);
     private readonly record struct GroupInFlight(Task? Done, int Set, int Count, long Write, bool Flushed);
-    /// <summary>The newest group's task (thread-pool writes): a flushing group's task waits for it, so its fdatasync covers every earlier group.</summary>
+    /// <summary>The newest group's task (thread-pool writes): the next group's task waits for it, so a group's fdatasync covers every earlier group.</summary>
     private Task? _lastGroupDone;
     /// <summary>io_uring for the destager's writes and flushes (null: thread-pool pwritev/fdatasync tasks).</summary>
     private LogRing? _logRing;
@@ -379,12 +380,12 @@ public sealed partial class Pool
 
     /// <summary>
     /// Destages in groups: up to MaxGroupBatches batches, each written as soon as it is built,
-    /// then one fdatasync for the group, then each batch applied in log order and its pages
-    /// landed. Groups are pipelined over SlotSets sets of slots: while the writes and fdatasyncs
-    /// of the groups before run (in the log ring, or as thread-pool tasks without it), the next
-    /// group is built and written; once
-    /// every set is in use, the oldest group is applied when its flush returned (groups apply in
-    /// order). A turn runs up to MaxGroupsPerTurn groups, and nothing is in flight when it returns.
+    /// then an fdatasync for the group if one is due (FlushDueLocked), then each batch applied in
+    /// log order and its pages landed. Groups are pipelined over SlotSets sets of slots: while the
+    /// writes (and flushes) of the groups before run (in the log ring, or as thread-pool tasks
+    /// without it), the next group is built and written; once every set is in use, the oldest
+    /// group is applied when its writes (and flush) returned (groups apply in order). A turn that
+    /// leaves writes no flush covers flushes at its end when one is due. A turn runs up to MaxGroupsPerTurn groups, and nothing is in flight when it returns.
     /// Caller holds the commit mutex (so no other metadata change runs). A group stops early
     /// when the queue runs dry, the oldest queued page supersedes one still in a batch, or the
     /// log needs a checkpoint. Chunks new in a batch not yet applied are not in the index, so

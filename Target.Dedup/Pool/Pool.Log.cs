@@ -1,5 +1,5 @@
-// The log: batches appended at the head of the current segment, each one aligned write and
-// one fdatasync (group commit); segment chaining through each header's nextSegment; recovery
+// The log: batches appended at the head of the current segment, each one aligned write, many
+// of them made durable by one fdatasync (group commit; when, see Pool.Cache.cs); segment chaining through each header's nextSegment; recovery
 // (newest valid checkpoint + replay of the tail, stopping at the first torn or stale batch);
 // checkpoints and the segment free list.
 // Invariants: a batch is applied to memory only after it is written (durable: after a flush,
@@ -327,8 +327,8 @@ public sealed partial class Pool
     /// <summary>
     /// Writes one batch from <paramref name="buffer"/> (records at [FixedBytes..], data at
     /// [MaxHeaderBlocks * ChunkBytes..]) at the head and moves the head past it, without a
-    /// flush: batches written back to back share one fdatasync (FlushLog), and are applied
-    /// (ApplyWritten, in order) only after it. With <paramref name="writes"/>, the device write
+    /// flush: batches written back to back share one fdatasync (FlushLog) when one is due, and are
+    /// applied (ApplyWritten, in order) once written. With <paramref name="writes"/>, the device write
     /// runs on the thread pool (added to the list) while the caller builds the next batch; the
     /// caller waits for all of them before the flush. <paramref name="knownDataCrc"/>: the data's
     /// CRC-32C when the caller already has it (combined from the chunks' CRCs). With
