@@ -450,7 +450,7 @@ public sealed partial class Pool
             while (_groupsInFlight.Count > 0) CompleteOldestGroup();
             _lastGroupDone = null;
             bool flushNow;
-            lock (_sync) flushNow = _logFlushSubmitted < _logWrites && FlushDueLocked();
+            lock (_sync) flushNow = JournalFlushDueLocked();
             if (flushNow) FlushJournalLocked();
         }
         catch (Exception e)

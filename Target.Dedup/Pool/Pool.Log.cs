@@ -306,12 +306,8 @@ public sealed partial class Pool
     private void WriteBatch(int recordBytes, int dataBlocks, bool metadataOnly, bool lazy = false)
     {
         WrittenBatch batch = WriteBatchUnflushed(_logBuffer, recordBytes, dataBlocks, metadataOnly);
-        long write = CountLogWrite(flushSubmitted: !lazy);
-        if (!lazy)
-        {
-            FlushLog();
-            lock (_sync) LogFlushedLocked(write);
-        }
+        CountLogWrite(flushSubmitted: false);
+        if (!lazy) FlushJournalLocked();
         ApplyWritten(batch);
         CheckpointIfDue();
     }

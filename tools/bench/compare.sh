@@ -25,7 +25,8 @@
 #   TARGET_ARGS=""   extra `target serve` arguments (e.g. "--write-mode wt")
 #   SERVERS=target,nbdkit-memory,nbdkit-file,qemu-nbd,nbdkit-null,raw-disk,raw-disk-sync,tgtd
 #                    raw-disk-sync: the raw file with an fdatasync after every 32 writes, sequential
-#                    writes only (the cadence of Target's destage groups: what a durable log pays)
+#                    writes only (what a log durable every 32 MiB pays: Target's destage flushed each
+#                    group of up to 32 MiB until 2026-11-23; now only with --journal-flush-ms 0)
 #   WORKLOADS=randwrite,randread,seqwrite,seqwrite-dup,dedup50,mix7030,qimg-write,qimg-read,iperf-randread
 #   SETTLE_MAX=30    after each job, wait up to this many seconds for the server to go idle
 #                    (Target destages its write cache); that CPU time is counted
@@ -396,9 +397,10 @@ How each is measured:
 $(for w in "${nbd_workloads[@]}"; do echo "  - $w: \`${FIO_ARGS[$w]}\`"; done)
 - raw disk: the same with \`--ioengine=libaio --direct=1 --filename=FILE\` (a $SIZE file in /tmp).
 - raw disk + fdatasync (1 MiB sequential write only): the same plus \`--fdatasync=32\` on a file of its own: an
-  fdatasync after every 32 MiB, as Target's destage makes each group of up to 32 batches of 1 MiB durable.
-  A durable journal pays for those syncs; the plain raw row does not (a virtual disk may hold its writes in
-  the host's cache).
+  fdatasync after every 32 MiB, the cadence of Target's destage groups when each ends with one
+  (\`--journal-flush-ms 0\`; by default Target flushes on FLUSH/FUA, before checkpoints and at least every 5 s).
+  A log durable at that cadence pays for those syncs; the plain raw row does not (a virtual disk may hold
+  its writes in the host's cache).
 - Before the first round every NBD server and the raw file get the working set written once (1 MiB, unique data).
 - seqwrite-dup writes one 4 KiB pattern over the same working set pass after pass: after its first pass
   every block already holds those bytes, so Target's writes are nop-writes (nothing stored). Duplicates
