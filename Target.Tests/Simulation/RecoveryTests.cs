@@ -142,10 +142,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         var random = new Random(seed);
         using var dir = new TempPoolDir();
         const int blocks = 512;
-        // Per block: its durable value (a version number; 0 = zeros) and the versions written since.
-        var durable = new int[blocks];
-        var since = new HashSet<int>[blocks];
-        for (int b = 0; b < blocks; b++) since[b] = new HashSet<int>();
+        var versions = new BlockVersions(blocks);
         int version = 0;
         bool created = false;
         for (int iteration = 0; iteration < 12; iteration++)
@@ -166,25 +163,25 @@ public sealed class RecoveryTests(ITestOutputHelper output)
                     if (action == 0)
                     {
                         await v.FlushAsync(None);
-                        for (int b = 0; b < blocks; b++) if (since[b].Count > 0) { durable[b] = since[b].Last(); since[b].Clear(); }
+                        versions.AllDurable();
                     }
                     else if (action == 1)
                     {
                         int b = random.Next(blocks), n = random.Next(1, 8);
                         n = Math.Min(n, blocks - b);
-                        for (int k = b; k < b + n; k++) since[k].Add(0);
+                        for (int k = b; k < b + n; k++) versions.Written(k, 0);
                         await v.TrimAsync((long)b * Chunk, (long)n * Chunk, None);
                         // A trim is journalled before it returns: durable now.
-                        for (int k = b; k < b + n; k++) { durable[k] = 0; since[k].Clear(); }
+                        for (int k = b; k < b + n; k++) versions.Durable(k);
                     }
                     else
                     {
                         int b = random.Next(blocks);
                         int value = ++version;
-                        since[b].Add(value);
+                        versions.Written(b, value);
                         bool fua = random.Next(8) == 0;
                         await v.WriteAsync((long)b * Chunk, Pattern(b, value), fua ? WriteFlags.Fua : WriteFlags.None, None);
-                        if (fua || mode == WriteMode.WriteThrough) { durable[b] = value; since[b].Clear(); }
+                        if (fua || mode == WriteMode.WriteThrough) versions.Durable(b);
                     }
                 }
             }
@@ -197,7 +194,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             await using (Pool again = Pool.Open(plain))
             {
                 Assert.True(again.TryGetVolume("v", out Volume w));
-                await AssertDurableOrWrittenSinceAsync(w, durable, since, $"seed {seed} iteration {iteration}");
+                await versions.AssertDurableOrWrittenSinceAsync(w, $"seed {seed} iteration {iteration}");
             }
             await AssertCleanAsync(dir.Path, output);
         }
@@ -216,10 +213,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         var random = new Random(seed);
         using var dir = new TempPoolDir();
         const int blocks = 1024;
-        var durable = new int[blocks];
-        var latest = new int[blocks];
-        var since = new HashSet<int>[blocks];
-        for (int b = 0; b < blocks; b++) since[b] = new HashSet<int>();
+        var versions = new BlockVersions(blocks);
         int version = 0, undone = 0;
         bool created = false;
         for (int iteration = 0; iteration < 12; iteration++)
@@ -233,7 +227,6 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             created = true;
             device!.ArmPowerLoss(random.Next(0, 120));
             int ops = 0;
-            void Durable(int b, int value) { durable[b] = value; since[b].Clear(); }
             try
             {
                 while (ops++ < 20_000)
@@ -245,31 +238,30 @@ public sealed class RecoveryTests(ITestOutputHelper output)
                     if (action == 0)
                     {
                         await v.FlushAsync(None);
-                        for (int k = 0; k < blocks; k++) if (since[k].Count > 0) Durable(k, latest[k]);
+                        versions.AllDurable();
                     }
                     else if (action == 1)
                     {
                         int n = Math.Min(random.Next(1, 8), blocks - b);
-                        for (int k = b; k < b + n; k++) { since[k].Add(0); latest[k] = 0; }
+                        for (int k = b; k < b + n; k++) versions.Written(k, 0);
                         await v.TrimAsync((long)b * Chunk, (long)n * Chunk, None);
                         // A trim is journalled and flushed before it returns.
-                        for (int k = b; k < b + n; k++) Durable(k, 0);
+                        for (int k = b; k < b + n; k++) versions.Durable(k);
                     }
-                    else if (action < 4 && latest[b] != 0)
+                    else if (action < 4 && versions.Latest(b) != 0)
                     {
                         // The block's own bytes again, with FUA: a nop-write once its page has landed,
                         // which must still wait until what the block holds is durable.
-                        await v.WriteAsync((long)b * Chunk, Pattern(b, latest[b]), WriteFlags.Fua, None);
-                        Durable(b, latest[b]);
+                        await v.WriteAsync((long)b * Chunk, Pattern(b, versions.Latest(b)), WriteFlags.Fua, None);
+                        versions.Durable(b);
                     }
                     else
                     {
                         int value = ++version;
-                        since[b].Add(value);
-                        latest[b] = value;
+                        versions.Written(b, value);
                         bool fua = random.Next(1000) == 0;
                         await v.WriteAsync((long)b * Chunk, Pattern(b, value), fua ? WriteFlags.Fua : WriteFlags.None, None);
-                        if (fua || mode == WriteMode.WriteThrough) Durable(b, value);
+                        if (fua || mode == WriteMode.WriteThrough) versions.Durable(b);
                     }
                 }
             }
@@ -284,8 +276,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             await using (Pool again = Pool.Open(plain))
             {
                 Assert.True(again.TryGetVolume("v", out Volume w));
-                await AssertDurableOrWrittenSinceAsync(w, durable, since, $"seed {seed} iteration {iteration}");
-                for (int k = 0; k < blocks; k++) latest[k] = durable[k];
+                await versions.AssertDurableOrWrittenSinceAsync(w, $"seed {seed} iteration {iteration}");
             }
             await AssertCleanAsync(dir.Path, output);
         }
@@ -362,16 +353,18 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         var random = new Random(seed);
         using var dir = new TempPoolDir();
         const int blocks = 8192; // 32 MiB in a pool of 20 segments (80 MiB): the cleaner must run
-        var durable = new int[blocks];
-        var since = new HashSet<int>[blocks];
-        for (int b = 0; b < blocks; b++) since[b] = new HashSet<int>();
+        var versions = new BlockVersions(blocks);
         PoolOptions plain = Options(dir.Path, segments: 20, cachePages: 256);
         FaultyDevice? device = null;
         Pool pool = Pool.Open(Faulty(plain, seed, d => device = d));
         Volume v = await pool.CreateVolumeAsync("v", (long)blocks * Chunk, 512, None);
-        for (int b = 0; b < blocks; b++) await v.WriteAsync((long)b * Chunk, Pattern(b, 1), WriteFlags.None, None);
+        for (int b = 0; b < blocks; b++)
+        {
+            versions.Written(b, 1);
+            await v.WriteAsync((long)b * Chunk, Pattern(b, 1), WriteFlags.None, None);
+        }
         await v.FlushAsync(None);
-        Array.Fill(durable, 1);
+        versions.AllDurable();
 
         // Host batches go to the log head in runs of adjacent writes before each flush; only a
         // cleaner batch whose data went to the cleaner's own segment writes two places before
@@ -385,11 +378,11 @@ public sealed class RecoveryTests(ITestOutputHelper output)
                 if (ops % 500 == 0)
                 {
                     await v.FlushAsync(None);
-                    for (int b = 0; b < blocks; b++) if (since[b].Count > 0) { durable[b] = since[b].Last(); since[b].Clear(); }
+                    versions.AllDurable();
                     continue;
                 }
                 int block = random.Next(blocks), value = ++version;
-                since[block].Add(value);
+                versions.Written(block, value);
                 await v.WriteAsync((long)block * Chunk, Pattern(block, value), WriteFlags.None, None);
             }
         }
@@ -403,28 +396,61 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         await using (Pool again = Pool.Open(plain))
         {
             Assert.True(again.TryGetVolume("v", out Volume w));
-            await AssertDurableOrWrittenSinceAsync(w, durable, since, $"seed {seed}");
+            await versions.AssertDurableOrWrittenSinceAsync(w, $"seed {seed}");
         }
         await AssertCleanAsync(dir.Path, output);
     }
 
     /// <summary>
-    /// Every block reads as its durable version (0: zeros) or one written since; afterwards that
-    /// version is the block's durable one and nothing is pending.
+    /// What each block may hold after a crash: its durable version (0 = zeros), or any version
+    /// written since (not yet covered by a FLUSH, FUA, wt or trim); and the newest version written.
     /// </summary>
-    private static async Task AssertDurableOrWrittenSinceAsync(Volume volume, int[] durable, HashSet<int>[] since, string context)
+    private sealed class BlockVersions(int blocks)
     {
-        byte[] got = new byte[Chunk];
-        for (int b = 0; b < durable.Length; b++)
+        private readonly int[] _durable = new int[blocks];
+        private readonly int[] _latest = new int[blocks];
+        private readonly HashSet<int>[] _since = Enumerable.Range(0, blocks).Select(_ => new HashSet<int>()).ToArray();
+
+        public int Latest(int block) => _latest[block];
+
+        public void Written(int block, int version)
         {
-            await volume.ReadAsync((long)b * Chunk, got, None);
-            int seen = -1;
-            if (got.AsSpan().SequenceEqual(durable[b] == 0 ? new byte[Chunk] : Pattern(b, durable[b]))) seen = durable[b];
-            else foreach (int candidate in since[b])
-                if (got.AsSpan().SequenceEqual(candidate == 0 ? new byte[Chunk] : Pattern(b, candidate))) { seen = candidate; break; }
-            Assert.True(seen >= 0, $"{context}: block {b} holds neither its durable version {durable[b]} nor one written since ({string.Join(",", since[b])})");
-            durable[b] = seen;
-            since[b].Clear();
+            _since[block].Add(version);
+            _latest[block] = version;
+        }
+
+        /// <summary>The block's newest version is durable (a FUA or wt write, a trim).</summary>
+        public void Durable(int block)
+        {
+            _durable[block] = _latest[block];
+            _since[block].Clear();
+        }
+
+        /// <summary>A FLUSH returned: every block's newest version is durable.</summary>
+        public void AllDurable()
+        {
+            for (int b = 0; b < _durable.Length; b++) if (_since[b].Count > 0) Durable(b);
+        }
+
+        /// <summary>
+        /// Every block reads as its durable version or one written since; afterwards that version
+        /// is the block's durable and newest one and nothing is pending.
+        /// </summary>
+        public async Task AssertDurableOrWrittenSinceAsync(Volume volume, string context)
+        {
+            byte[] got = new byte[Chunk];
+            for (int b = 0; b < _durable.Length; b++)
+            {
+                await volume.ReadAsync((long)b * Chunk, got, None);
+                int seen = -1;
+                if (got.AsSpan().SequenceEqual(_durable[b] == 0 ? new byte[Chunk] : Pattern(b, _durable[b]))) seen = _durable[b];
+                else foreach (int candidate in _since[b])
+                    if (got.AsSpan().SequenceEqual(candidate == 0 ? new byte[Chunk] : Pattern(b, candidate))) { seen = candidate; break; }
+                Assert.True(seen >= 0, $"{context}: block {b} holds neither its durable version {_durable[b]} nor one written since ({string.Join(",", _since[b])})");
+                _durable[b] = seen;
+                _latest[b] = seen;
+                _since[b].Clear();
+            }
         }
     }
 }
