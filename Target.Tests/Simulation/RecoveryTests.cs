@@ -10,6 +10,9 @@
 //   data did not (a reordering power loss), are read from where they were before the move;
 // - a power loss that keeps, loses or tears any of the journal writes since the last flush
 //   (destage flushes on demand, not after every group) loses nothing a FLUSH, FUA or wt covered.
+//   A FLUSH that finds every page already written and landed, with no journal flush since, still
+//   flushes the journal before it returns (a test that fails every run when written counts as durable).
+using System.Diagnostics;
 using Target.Dedup;
 using Target.Tests.Engine;
 using Xunit.Abstractions;
@@ -342,6 +345,79 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         {
             Assert.True(again.TryGetVolume("v", out Volume w));
             Assert.Equal(kept, await ReadAsync(w, 0, Chunk));
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    /// <summary>
+    /// Every page of the writes before a FLUSH has been written to the journal and landed, but no
+    /// journal flush has run since (the destager flushes on demand): the FLUSH has nothing to
+    /// destage and must still flush the journal before it returns. The power then fails and takes
+    /// every write since the last journal flush.
+    /// </summary>
+    [Fact]
+    public async Task AFlushAfterEveryPageLandedUnflushedStillFlushesTheJournal()
+    {
+        int seed = Seed(output);
+        var random = new Random(seed);
+        using var dir = new TempPoolDir();
+        const int blocks = 1024, written = 64;
+        // Pages are destaged once 5 ms old (the next destager tick), long before any flush is due.
+        PoolOptions plain = Options(dir.Path, cachePages: 128) with { DirtyAgeMaxMs = 5 };
+        FaultyDevice? device = null;
+        Pool pool = Pool.Open(Faulty(plain, seed, d => device = d));
+        Volume v = await pool.CreateVolumeAsync("v", (long)blocks * Chunk, 512, None);
+        // A block whose rewrite is a nop-write: it counts as a host write (so the destager never
+        // finds itself idle for the 100 ms that make a flush due) and queues nothing.
+        const long keepAlive = blocks - 1;
+        byte[] keepAliveBytes = Pattern(keepAlive, 1);
+        await v.WriteAsync(keepAlive * Chunk, keepAliveBytes, WriteFlags.None, None);
+        await v.FlushAsync(None);
+        device!.ArmPowerLoss(int.MaxValue); // records every write since the last flush
+        int version = 1;
+        bool landedUnflushed = false;
+        for (int attempt = 0; attempt < 10 && !landedUnflushed; attempt++)
+        {
+            version++;
+            long flushesBefore = pool.GetStats().JournalFlushes;
+            for (long b = 0; b < written; b++) await v.WriteAsync(b * Chunk, Pattern(b, version), WriteFlags.None, None);
+            var waited = Stopwatch.StartNew();
+            while (v.GetStats().DirtyBytes > 0 && waited.ElapsedMilliseconds < 5000)
+            {
+                await v.WriteAsync(keepAlive * Chunk, keepAliveBytes, WriteFlags.None, None);
+                await Task.Delay(2);
+            }
+            landedUnflushed = v.GetStats().DirtyBytes == 0 && pool.GetStats().JournalFlushes == flushesBefore;
+            if (!landedUnflushed) await v.FlushAsync(None);
+        }
+        Assert.True(landedUnflushed, $"seed {seed}: the writes never all landed before a journal flush");
+        await v.FlushAsync(None);
+        // The power fails at the next device write and takes every write since the last flush with it.
+        device.ArmPowerLoss(0, loseAll: true);
+        try
+        {
+            for (int i = 0; i < 2000; i++)
+            {
+                long b = written + random.Next(blocks - written - 1);
+                await v.WriteAsync(b * Chunk, Pattern(b, 999_999), WriteFlags.None, None);
+            }
+            await v.FlushAsync(None);
+        }
+        catch (StorageException e)
+        {
+            output.WriteLine($"power lost: {e.Message}");
+        }
+        Assert.NotNull(device.LastPowerLoss);
+        await pool.AbandonAsync();
+
+        await using (Pool again = Pool.Open(plain))
+        {
+            Assert.True(again.TryGetVolume("v", out Volume w));
+            for (long b = 0; b < written; b++)
+            {
+                byte[] got = await ReadAsync(w, b * Chunk, Chunk);
+                Assert.True(Pattern(b, version).AsSpan().SequenceEqual(got), $"seed {seed}: block {b} lost the write a FLUSH made durable");
+            }
         }
         await AssertCleanAsync(dir.Path, output);
     }
