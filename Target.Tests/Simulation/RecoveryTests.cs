@@ -12,6 +12,8 @@
 //   (destage flushes on demand, not after every group) loses nothing a FLUSH, FUA or wt covered.
 //   A FLUSH that finds every page already written and landed, with no journal flush since, still
 //   flushes the journal before it returns (a test that fails every run when written counts as durable).
+// - with no FLUSH from the host, the journal is flushed JournalFlushMs after its oldest unflushed
+//   write while writes go on, and soon after the host stops writing.
 using System.Diagnostics;
 using Target.Dedup;
 using Target.Tests.Engine;
@@ -417,6 +419,103 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             {
                 byte[] got = await ReadAsync(w, b * Chunk, Chunk);
                 Assert.True(Pattern(b, version).AsSpan().SequenceEqual(got), $"seed {seed}: block {b} lost the write a FLUSH made durable");
+            }
+        }
+        await AssertCleanAsync(dir.Path, output);
+    }
+
+    /// <summary>
+    /// With no FLUSH from the host, the journal is still flushed on its own: soon after the host
+    /// stops writing (the destager ran dry), and at the latest JournalFlushMs after the oldest
+    /// unflushed write while the host keeps writing. A power loss that takes every unflushed write
+    /// then loses nothing written before the flush.
+    /// </summary>
+    [Fact]
+    public async Task TheJournalIsFlushedWithoutAFlushFromTheHost()
+    {
+        int seed = Seed(output);
+        var random = new Random(seed);
+        using var dir = new TempPoolDir();
+        const int blocks = 1024;
+        PoolOptions plain = Options(dir.Path, cachePages: 128) with { DirtyAgeMaxMs = 5, JournalFlushMs = 300 };
+        int version = 1;
+        await using (Pool pool = Pool.Open(plain))
+        {
+            Volume v = await pool.CreateVolumeAsync("v", (long)blocks * Chunk, 512, None);
+            await v.FlushAsync(None);
+            // The destager's first turn sets up its slots and ring (hundreds of ms on a loaded machine): counted from its first group.
+            var start = Stopwatch.StartNew();
+            while (pool.GetStats().DestageGroups == 0 && start.ElapsedMilliseconds < 10_000)
+            {
+                long b = random.Next(blocks / 2);
+                await v.WriteAsync(b * Chunk, Pattern(b, ++version), WriteFlags.None, None);
+                await Task.Delay(1);
+            }
+            // The host keeps writing for 2 s (never idle for the 100 ms that make the destager flush
+            // when it runs dry): only the age of the oldest unflushed write makes flushes due, about
+            // every 300-400 ms (the destager checks on its 100 ms tick).
+            long flushesBefore = pool.GetStats().JournalFlushes, groupsBefore = pool.GetStats().DestageGroups;
+            var writing = Stopwatch.StartNew();
+            while (writing.ElapsedMilliseconds < 2000)
+            {
+                long b = random.Next(blocks / 2);
+                await v.WriteAsync(b * Chunk, Pattern(b, ++version), WriteFlags.None, None);
+                await Task.Delay(1);
+            }
+            long flushes = pool.GetStats().JournalFlushes - flushesBefore, groups = pool.GetStats().DestageGroups - groupsBefore;
+            output.WriteLine($"{flushes} journal flushes and {groups} destage groups in {writing.ElapsedMilliseconds} ms of writes");
+            Assert.True(flushes >= 2, $"seed {seed}: {flushes} journal flushes in 2 s of writes with JournalFlushMs 300 ({groups} destage groups)");
+        }
+
+        // Then with flushes by age a minute apart: the host writes and stops, and what it wrote is
+        // flushed within a few destager ticks (the destager ran dry).
+        PoolOptions rare = plain with { JournalFlushMs = 60_000 };
+        FaultyDevice? device = null;
+        Pool again = Pool.Open(Faulty(rare, seed, d => device = d));
+        Assert.True(again.TryGetVolume("v", out Volume w));
+        // The first group (the destager's set-up) before the writes timed.
+        var setUp = Stopwatch.StartNew();
+        await w.WriteAsync(0, Pattern(0, ++version), WriteFlags.None, None);
+        while (again.GetStats().DestageGroups == 0 && setUp.ElapsedMilliseconds < 10_000) await Task.Delay(5);
+        byte[][] last = new byte[64][];
+        long flushedBefore = again.GetStats().JournalFlushes;
+        for (int k = 0; k < last.Length; k++)
+        {
+            long b = blocks / 2 + k;
+            last[k] = Pattern(b, ++version);
+            await w.WriteAsync(b * Chunk, last[k], WriteFlags.None, None);
+        }
+        var idle = Stopwatch.StartNew();
+        while ((w.GetStats().DirtyBytes > 0 || again.GetStats().JournalFlushes == flushedBefore) && idle.ElapsedMilliseconds < 5000) await Task.Delay(5);
+        output.WriteLine($"flushed {idle.ElapsedMilliseconds} ms after the last write");
+        Assert.True(w.GetStats().DirtyBytes == 0 && again.GetStats().JournalFlushes > flushedBefore,
+            $"seed {seed}: no journal flush within 5 s of the host's last write (JournalFlushMs 60000: the destager must flush when it runs dry)");
+        await Task.Delay(300); // the flush counted may be a group's before the last pages landed: the next ticks flush the rest
+
+        device!.ArmPowerLoss(0, loseAll: true);
+        try
+        {
+            for (int i = 0; i < 2000; i++)
+            {
+                long b = random.Next(blocks / 2);
+                await w.WriteAsync(b * Chunk, Pattern(b, 999_999), WriteFlags.None, None);
+            }
+            await w.FlushAsync(None);
+        }
+        catch (StorageException e)
+        {
+            output.WriteLine($"power lost: {e.Message}");
+        }
+        Assert.NotNull(device.LastPowerLoss);
+        await again.AbandonAsync();
+
+        await using (Pool third = Pool.Open(rare))
+        {
+            Assert.True(third.TryGetVolume("v", out Volume x));
+            for (int k = 0; k < last.Length; k++)
+            {
+                byte[] got = await ReadAsync(x, (long)(blocks / 2 + k) * Chunk, Chunk);
+                Assert.True(last[k].AsSpan().SequenceEqual(got), $"seed {seed}: block {blocks / 2 + k} lost a write the idle flush made durable");
             }
         }
         await AssertCleanAsync(dir.Path, output);
