@@ -325,23 +325,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         nopBefore = pool.GetStats().NopWriteBytes;
         await v.WriteAsync(0, kept, WriteFlags.Fua, None);
         Assert.True(pool.GetStats().NopWriteBytes > nopBefore, "the FUA rewrite was no nop-write");
-        // The power fails at the next device write and takes every write since the last flush with it.
-        device.ArmPowerLoss(0, loseAll: true);
-        try
-        {
-            for (int i = 0; i < 2000; i++)
-            {
-                long b = 1 + random.Next(blocks - 1);
-                await v.WriteAsync(b * Chunk, Pattern(b, 999_999), WriteFlags.None, None);
-            }
-            await v.FlushAsync(None);
-        }
-        catch (StorageException e)
-        {
-            output.WriteLine($"power lost: {e.Message}");
-        }
-        Assert.NotNull(device.LastPowerLoss);
-        await pool.AbandonAsync();
+        await LosePowerAtTheNextWriteAsync(pool, v, device!, () => 1 + random.Next(blocks - 1));
 
         await using (Pool again = Pool.Open(plain))
         {
@@ -394,23 +378,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         }
         Assert.True(landedUnflushed, $"seed {seed}: the writes never all landed before a journal flush");
         await v.FlushAsync(None);
-        // The power fails at the next device write and takes every write since the last flush with it.
-        device.ArmPowerLoss(0, loseAll: true);
-        try
-        {
-            for (int i = 0; i < 2000; i++)
-            {
-                long b = written + random.Next(blocks - written - 1);
-                await v.WriteAsync(b * Chunk, Pattern(b, 999_999), WriteFlags.None, None);
-            }
-            await v.FlushAsync(None);
-        }
-        catch (StorageException e)
-        {
-            output.WriteLine($"power lost: {e.Message}");
-        }
-        Assert.NotNull(device.LastPowerLoss);
-        await pool.AbandonAsync();
+        await LosePowerAtTheNextWriteAsync(pool, v, device!, () => written + random.Next(blocks - written - 1));
 
         await using (Pool again = Pool.Open(plain))
         {
@@ -443,7 +411,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         {
             Volume v = await pool.CreateVolumeAsync("v", (long)blocks * Chunk, 512, None);
             await v.FlushAsync(None);
-            // The destager's first turn sets up its slots and ring (hundreds of ms on a loaded machine): counted from its first group.
+            // The destager's first group can come hundreds of ms late on a loaded machine (its first turn): counted from then.
             var start = Stopwatch.StartNew();
             while (pool.GetStats().DestageGroups == 0 && start.ElapsedMilliseconds < 10_000)
             {
@@ -473,7 +441,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         FaultyDevice? device = null;
         Pool again = Pool.Open(Faulty(rare, seed, d => device = d));
         Assert.True(again.TryGetVolume("v", out Volume w));
-        // The first group (the destager's set-up) before the writes timed.
+        // The destager's first group (late on a loaded machine) comes before the writes timed.
         var setUp = Stopwatch.StartNew();
         await w.WriteAsync(0, Pattern(0, ++version), WriteFlags.None, None);
         while (again.GetStats().DestageGroups == 0 && setUp.ElapsedMilliseconds < 10_000) await Task.Delay(5);
@@ -492,22 +460,7 @@ public sealed class RecoveryTests(ITestOutputHelper output)
             $"seed {seed}: no journal flush within 5 s of the host's last write (JournalFlushMs 60000: the destager must flush when it runs dry)");
         await Task.Delay(300); // the flush counted may be a group's before the last pages landed: the next ticks flush the rest
 
-        device!.ArmPowerLoss(0, loseAll: true);
-        try
-        {
-            for (int i = 0; i < 2000; i++)
-            {
-                long b = random.Next(blocks / 2);
-                await w.WriteAsync(b * Chunk, Pattern(b, 999_999), WriteFlags.None, None);
-            }
-            await w.FlushAsync(None);
-        }
-        catch (StorageException e)
-        {
-            output.WriteLine($"power lost: {e.Message}");
-        }
-        Assert.NotNull(device.LastPowerLoss);
-        await again.AbandonAsync();
+        await LosePowerAtTheNextWriteAsync(again, w, device!, () => random.Next(blocks / 2));
 
         await using (Pool third = Pool.Open(rare))
         {
@@ -580,6 +533,31 @@ public sealed class RecoveryTests(ITestOutputHelper output)
     /// What each block may hold after a crash: its durable version (0 = zeros), or any version
     /// written since (not yet covered by a FLUSH, FUA, wt or trim); and the newest version written.
     /// </summary>
+    /// <summary>
+    /// The power fails at the device's next write and takes every write since the last flush with
+    /// it: the volume is written (blocks from <paramref name="block"/>) until a write fails, then
+    /// the pool is abandoned as a crash leaves it.
+    /// </summary>
+    private async Task LosePowerAtTheNextWriteAsync(Pool pool, Volume volume, FaultyDevice device, Func<long> block)
+    {
+        device.ArmPowerLoss(0, loseAll: true);
+        try
+        {
+            for (int i = 0; i < 2000; i++)
+            {
+                long b = block();
+                await volume.WriteAsync(b * Chunk, Pattern(b, 999_999), WriteFlags.None, None);
+            }
+            await volume.FlushAsync(None);
+        }
+        catch (StorageException e)
+        {
+            output.WriteLine($"power lost: {e.Message}");
+        }
+        Assert.NotNull(device.LastPowerLoss);
+        await pool.AbandonAsync();
+    }
+
     private sealed class BlockVersions(int blocks)
     {
         private readonly int[] _durable = new int[blocks];
