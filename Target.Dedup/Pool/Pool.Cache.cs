@@ -385,7 +385,8 @@ public sealed partial class Pool
     /// writes (and flushes) of the groups before run (in the log ring, or as thread-pool tasks
     /// without it), the next group is built and written; once every set is in use, the oldest
     /// group is applied when its writes (and flush) returned (groups apply in order). A turn that
-    /// leaves writes no flush covers flushes at its end when one is due. A turn runs up to MaxGroupsPerTurn groups, and nothing is in flight when it returns.
+    /// leaves writes no flush covers flushes at its end when one is due. A turn runs up to
+    /// MaxGroupsPerTurn groups, and nothing is in flight when it returns.
     /// Caller holds the commit mutex (so no other metadata change runs). A group stops early
     /// when the queue runs dry, the oldest queued page supersedes one still in a batch, or the
     /// log needs a checkpoint. Chunks new in a batch not yet applied are not in the index, so

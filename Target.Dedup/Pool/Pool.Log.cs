@@ -1,5 +1,6 @@
 // The log: batches appended at the head of the current segment, each one aligned write, many
-// of them made durable by one fdatasync (group commit; when, see Pool.Cache.cs); segment chaining through each header's nextSegment; recovery
+// of them made durable by one fdatasync (group commit; when, see Pool.Cache.cs); segment
+// chaining through each header's nextSegment; recovery
 // (newest valid checkpoint + replay of the tail, stopping at the first torn or stale batch);
 // checkpoints and the segment free list.
 // Invariants: a batch is applied to memory only after it is written (durable: after a flush,

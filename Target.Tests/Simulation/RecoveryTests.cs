@@ -411,25 +411,22 @@ public sealed class RecoveryTests(ITestOutputHelper output)
         {
             Volume v = await pool.CreateVolumeAsync("v", (long)blocks * Chunk, 512, None);
             await v.FlushAsync(None);
-            // The destager's first group can come hundreds of ms late on a loaded machine (its first turn): counted from then.
-            var start = Stopwatch.StartNew();
-            while (pool.GetStats().DestageGroups == 0 && start.ElapsedMilliseconds < 10_000)
+            // A write to a block of the first half, then a pause of about a millisecond.
+            async Task WriteAndPauseAsync()
             {
                 long b = random.Next(blocks / 2);
                 await v.WriteAsync(b * Chunk, Pattern(b, ++version), WriteFlags.None, None);
                 await Task.Delay(1);
             }
+            // The destager's first group can come hundreds of ms late on a loaded machine (its first turn): counted from then.
+            var start = Stopwatch.StartNew();
+            while (pool.GetStats().DestageGroups == 0 && start.ElapsedMilliseconds < 10_000) await WriteAndPauseAsync();
             // The host keeps writing for 2 s (never idle for the 100 ms that make the destager flush
             // when it runs dry): only the age of the oldest unflushed write makes flushes due, about
             // every 300-400 ms (the destager checks on its 100 ms tick).
             long flushesBefore = pool.GetStats().JournalFlushes, groupsBefore = pool.GetStats().DestageGroups;
             var writing = Stopwatch.StartNew();
-            while (writing.ElapsedMilliseconds < 2000)
-            {
-                long b = random.Next(blocks / 2);
-                await v.WriteAsync(b * Chunk, Pattern(b, ++version), WriteFlags.None, None);
-                await Task.Delay(1);
-            }
+            while (writing.ElapsedMilliseconds < 2000) await WriteAndPauseAsync();
             long flushes = pool.GetStats().JournalFlushes - flushesBefore, groups = pool.GetStats().DestageGroups - groupsBefore;
             output.WriteLine($"{flushes} journal flushes and {groups} destage groups in {writing.ElapsedMilliseconds} ms of writes");
             Assert.True(flushes >= 2, $"seed {seed}: {flushes} journal flushes in 2 s of writes with JournalFlushMs 300 ({groups} destage groups)");
