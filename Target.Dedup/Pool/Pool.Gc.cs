@@ -150,7 +150,7 @@ public sealed partial class Pool
             try
             {
                 ThrowIfFailed();
-                WriteCheckpointLocked();
+                WriteCheckpointLocked("space");
             }
             finally
             {

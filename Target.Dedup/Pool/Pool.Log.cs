@@ -144,7 +144,7 @@ public sealed partial class Pool
             Uuid, best?.Seq ?? 0, replayed, _lastRecoveryMs, _state.VolumesById.Count, _state.Chunks.LiveCount);
         // Bound the next replay: everything replayed now goes into a fresh checkpoint.
         // Also when the log has no next segment but free ones exist: the checkpoint announces one.
-        if (!_checkOnly && (replayed > 0 || best == null || (_nextSegment == BatchHeader.NoSegment && _freeSegments.Count > 0))) WriteCheckpointLocked();
+        if (!_checkOnly && (replayed > 0 || best == null || (_nextSegment == BatchHeader.NoSegment && _freeSegments.Count > 0))) WriteCheckpointLocked("open");
     }
 
     private void ReverseFreeStack()
@@ -460,15 +460,18 @@ public sealed partial class Pool
 
     private void CheckpointIfDue()
     {
-        if (_journalBytesSinceCheckpoint >= _options.CheckpointJournalBytes) WriteCheckpointLocked();
+        if (_journalBytesSinceCheckpoint >= _options.CheckpointJournalBytes) WriteCheckpointLocked("journal size");
     }
 
     /// <summary>Writes a checkpoint at the head position. Caller holds the commit mutex (or is recovering).</summary>
-    private void WriteCheckpointLocked()
+    /// <param name="reason">Why (for the log).</param>
+    private void WriteCheckpointLocked(string reason)
     {
         ThrowIfFailed();
         // The checkpoint describes every batch applied so far: they must be durable before it is.
+        long flushStart = Stopwatch.GetTimestamp();
         FlushJournalLocked();
+        long flushEnd = Stopwatch.GetTimestamp();
         ulong seq = _checkpointSeq + 1;
         int slot = (int)(seq & 1);
         CheckpointPosition position;
@@ -503,8 +506,13 @@ public sealed partial class Pool
         // still while it is written; reads and cache writes go on meanwhile.
         long writeStart = Stopwatch.GetTimestamp();
         Checkpoint.Write(Checkpoint.PathOf(_options.Directory, slot), seq, _poolTag, position, _state, segments);
-        Interlocked.Add(ref _checkpointTicks, Stopwatch.GetTimestamp() - writeStart);
+        long writeEnd = Stopwatch.GetTimestamp();
+        Interlocked.Add(ref _checkpointTicks, writeEnd - writeStart);
         Interlocked.Increment(ref _checkpointsWritten);
+        // The flush is timed apart: on a disk that stalls writes while it flushes, it is what a checkpoint costs a stream.
+        if (_log.IsEnabled(LogLevel.Debug))
+            _log.LogDebug("checkpoint {Seq} ({Reason}): journal flush {FlushMs:F1} ms, checkpoint write {WriteMs:F1} ms; {Quarantined} segments quarantined, {Free} free",
+                seq, reason, Stopwatch.GetElapsedTime(flushStart, flushEnd).TotalMilliseconds, Stopwatch.GetElapsedTime(writeStart, writeEnd).TotalMilliseconds, nowDead.Count, segments.Count(s => s == SegmentState.Free));
         // Quarantined segments become reusable: wait out every device read that may have looked
         // up a location in one of them (readers hold the gate from lookup to the end of the read).
         _reuseGate.EnterWriteLock();

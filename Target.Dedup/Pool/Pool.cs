@@ -387,7 +387,7 @@ public sealed partial class Pool : IAsyncDisposable
         await _commit.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            WriteCheckpointLocked();
+            WriteCheckpointLocked("requested");
         }
         finally
         {
