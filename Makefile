@@ -34,7 +34,8 @@ TEST_ARGS = Target.Tests -c $(CONFIGURATION) --no-build \
 	--logger "console;verbosity=normal" \
 	--blame-hang-timeout $(HANG_TIMEOUT) --blame-hang-dump-type none
 
-# One closing line from dotnet test's summary: "Total tests: N / Passed: N / Failed: N / Skipped: N"
+# The failed tests (name and the first line of the error, so a CI log's tail names them), then one closing
+# line from dotnet test's summary: "Total tests: N / Passed: N / Failed: N / Skipped: N"
 # (normal verbosity) or "Passed!/Failed! - Failed: N, Passed: N, Skipped: N" (minimal verbosity).
 SUMMARY = awk ' \
 	/^ *Total tests: *[0-9]+ *$$/ { a = 1 } \
@@ -43,7 +44,11 @@ SUMMARY = awk ' \
 	/^ *Skipped: *[0-9]+ *$$/ { as += $$2 } \
 	/(Passed|Failed)! +- +Failed: +[0-9]+, +Passed: +[0-9]+/ { b = 1; gsub(",", ""); \
 		for (i = 1; i < NF; i++) { if ($$i == "Failed:") bf += $$(i+1); if ($$i == "Passed:") bp += $$(i+1); if ($$i == "Skipped:") bs += $$(i+1) } } \
-	END { if (a) printf "tests: %d passed, %d failed, %d skipped\n", ap, af, as; \
+	m && nf { sub(/^ +/, ""); why[nf] = substr($$0, 1, 300); m = 0 } \
+	/^ *Failed [A-Za-z_][A-Za-z0-9_.]*[ (]/ { failed[++nf] = $$0 } \
+	/^ *Error Message: *$$/ { m = 1 } \
+	END { for (i = 1; i <= nf; i++) print "failed test:" failed[i] (why[i] != "" ? "\n  " why[i] : ""); \
+		if (a) printf "tests: %d passed, %d failed, %d skipped\n", ap, af, as; \
 		else if (b) printf "tests: %d passed, %d failed, %d skipped\n", bp, bf, bs; \
 		else print "tests: dotnet test printed no summary" }'
 
