@@ -101,11 +101,13 @@ public sealed class PoolVolumeTests(ITestOutputHelper output)
     {
         using var dir = new TempPoolDir();
         // A cache the 1001 pages below stay under the destage watermark in (a quarter of it plus half
-        // a group), and no destage by age: the dirty bytes are still there when the test looks.
-        await using Pool pool = Pool.Open(Options(dir.Path, segments: 8, cachePages: 4096) with { DirtyAgeMaxMs = 600_000 });
+        // a group), no destage by age, and enough segments that the free ones are not under twice
+        // the cleaner's target (4), which drains the cache at once (with 8 segments the destager
+        // drained it at its first tick, and the test failed whenever the writes took longer than that).
+        await using Pool pool = Pool.Open(Options(dir.Path, segments: 16, cachePages: 4096) with { DirtyAgeMaxMs = 600_000 });
         PoolStats empty = pool.GetStats();
-        Assert.Equal(8L * SegmentBytes, empty.CapacityBytes);
-        Assert.Equal(8, empty.SegmentsTotal);
+        Assert.Equal(16L * SegmentBytes, empty.CapacityBytes);
+        Assert.Equal(16, empty.SegmentsTotal);
         Assert.True(empty.FreeBytes > 0 && empty.FreeBytes <= empty.CapacityBytes);
         Assert.Equal(0, empty.UniqueChunks);
         Assert.Equal(1.0, empty.DedupRatio);
@@ -114,6 +116,7 @@ public sealed class PoolVolumeTests(ITestOutputHelper output)
         Volume v = await pool.CreateVolumeAsync("v", 8L << 20, 512, None);
         for (long blk = 0; blk < 1000; blk++) await WriteAsync(v, blk * Chunk, Pattern(blk % 500, 1));
         await WriteAsync(v, 1500L * Chunk, new byte[Chunk]);
+        await Task.Delay(300); // a few destager ticks: the pages must still be dirty after them
         VolumeStats dirty = v.GetStats();
         Assert.True(dirty.DirtyBytes > 0);
         await v.FlushAsync(None);
