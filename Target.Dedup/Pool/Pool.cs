@@ -32,6 +32,14 @@ public sealed partial class Pool : IAsyncDisposable
     private readonly PoolState _state;
     private readonly Dictionary<uint, Volume> _volumes = new();
     private bool _disposed;
+
+    /// <summary>How long a closing pool waits for host requests to finish before it destages and checkpoints anyway (a writer may wait SpaceWaitMaxMs for space).</summary>
+    internal const int HostDrainMaxMs = 2 * SpaceWaitMaxMs;
+    /// <summary>How long a pool whose background work stopped waits for the last host requests to leave before it frees its memory.</summary>
+    private const int HostLeaveAfterStopMaxMs = 10_000;
+
+    /// <summary>The gate every host request passes (Volume's I/O, volume and checkpoint requests); closed by DisposeAsync.</summary>
+    internal HostGate Hosts { get; } = new();
     private bool _checkOnly;
 
     private Pool(PoolOptions options, ILogger log, PoolLock poolLock, IBlockDevice device, Superblock super)
@@ -215,14 +223,13 @@ public sealed partial class Pool : IAsyncDisposable
         return false;
     }
 
-    public async ValueTask<Volume> CreateVolumeAsync(string name, long sizeBytes, int logicalBlockSize, CancellationToken ct)
+    public ValueTask<Volume> CreateVolumeAsync(string name, long sizeBytes, int logicalBlockSize, CancellationToken ct)
     {
         ValidateName(name);
         if (sizeBytes <= 0 || sizeBytes % ChunkBytes != 0) throw new ArgumentException($"volume size must be a positive multiple of {ChunkBytes} bytes");
         if (sizeBytes / ChunkBytes >= 1L << 40) throw new ArgumentException("volume too large");
         if (logicalBlockSize != 512 && logicalBlockSize != 4096) throw new ArgumentException("logical block size must be 512 or 4096");
-        await _commit.WaitAsync(ct).ConfigureAwait(false);
-        try
+        return ChangeVolumesAsync(() =>
         {
             uint id;
             lock (_sync)
@@ -233,41 +240,49 @@ public sealed partial class Pool : IAsyncDisposable
             Guid uuid = Guid.NewGuid();
             CommitRecords((ref RecordWriter w) => w.CreateVolume(id, uuid, sizeBytes, logicalBlockSize, name));
             lock (_sync) return _volumes[id];
-        }
-        finally
-        {
-            _commit.Release();
-        }
+        }, ct);
     }
 
-    public async ValueTask DeleteVolumeAsync(string name, CancellationToken ct)
-    {
-        await _commit.WaitAsync(ct).ConfigureAwait(false);
-        try
+    public async ValueTask DeleteVolumeAsync(string name, CancellationToken ct) =>
+        await ChangeVolumesAsync(() =>
         {
             VolumeState state = FindVolume(name);
             DropCachedPages(state.Id, 0, state.Map.Blocks);
             CommitRecords((ref RecordWriter w) => w.DeleteVolume(state.Id));
-        }
-        finally
-        {
-            _commit.Release();
-        }
-    }
+            return state;
+        }, ct).ConfigureAwait(false);
 
     public async ValueTask ResizeVolumeAsync(string name, long newSizeBytes, CancellationToken ct)
     {
         if (newSizeBytes <= 0 || newSizeBytes % ChunkBytes != 0) throw new ArgumentException($"volume size must be a positive multiple of {ChunkBytes} bytes");
-        await _commit.WaitAsync(ct).ConfigureAwait(false);
-        try
+        await ChangeVolumesAsync(() =>
         {
             VolumeState state = FindVolume(name);
             if (newSizeBytes < state.SizeBytes) DropCachedPages(state.Id, newSizeBytes / ChunkBytes, state.Map.Blocks);
             CommitRecords((ref RecordWriter w) => w.ResizeVolume(state.Id, newSizeBytes));
+            return state;
+        }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Runs a change of the volume set inside the host gate and under the commit mutex.</summary>
+    private async ValueTask<T> ChangeVolumesAsync<T>(Func<T> change, CancellationToken ct)
+    {
+        Hosts.Enter();
+        try
+        {
+            await _commit.WaitAsync(ct).ConfigureAwait(false);
+            try
+            {
+                return change();
+            }
+            finally
+            {
+                _commit.Release();
+            }
         }
         finally
         {
-            _commit.Release();
+            Hosts.Exit();
         }
     }
 
@@ -383,6 +398,19 @@ public sealed partial class Pool : IAsyncDisposable
     /// <summary>Destages everything and writes a checkpoint.</summary>
     public async ValueTask CheckpointAsync(CancellationToken ct)
     {
+        Hosts.Enter();
+        try
+        {
+            await CheckpointNowAsync(ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            Hosts.Exit();
+        }
+    }
+
+    private async ValueTask CheckpointNowAsync(CancellationToken ct)
+    {
         await FlushAllAsync(ct).ConfigureAwait(false);
         await _commit.WaitAsync(ct).ConfigureAwait(false);
         try
@@ -395,20 +423,25 @@ public sealed partial class Pool : IAsyncDisposable
         }
     }
 
-    /// <summary>Clean shutdown: destage, checkpoint, close devices.</summary>
+    /// <summary>
+    /// Clean shutdown: refuse new host requests and let those running finish, destage, checkpoint,
+    /// close devices. The checkpoint comes after the last write the pool acknowledged.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (_disposed) return;
+        if (!await CloseHostGateAsync(HostDrainMaxMs).ConfigureAwait(false))
+            _log.LogError("{Count} host requests still running {Seconds} s after the pool began to close; closing anyway", Hosts.Inside, HostDrainMaxMs / 1000);
         try
         {
-            if (_failure == null && !_checkOnly) await CheckpointAsync(CancellationToken.None).ConfigureAwait(false);
+            if (_failure == null && !_checkOnly) await CheckpointNowAsync(CancellationToken.None).ConfigureAwait(false);
         }
         catch (Exception e)
         {
             _log.LogError(e, "final checkpoint failed; the next open replays the journal");
         }
         await StopBackgroundAsync().ConfigureAwait(false);
-        DisposeResources();
+        await DisposeResourcesWhenHostsLeftAsync().ConfigureAwait(false);
         _log.LogInformation("pool {Uuid} closed", Uuid);
     }
 
@@ -416,7 +449,34 @@ public sealed partial class Pool : IAsyncDisposable
     internal async ValueTask AbandonAsync()
     {
         _failure ??= new MediaErrorException("pool abandoned");
+        _ = Hosts.CloseAsync();
         await StopBackgroundAsync().ConfigureAwait(false);
+        await DisposeResourcesWhenHostsLeftAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Closes the host gate; true when every request inside left within <paramref name="timeoutMs"/>.</summary>
+    private async Task<bool> CloseHostGateAsync(int timeoutMs)
+    {
+        Task drained = Hosts.CloseAsync();
+        if (!drained.IsCompleted) await Task.WhenAny(drained, Task.Delay(timeoutMs)).ConfigureAwait(false);
+        return drained.IsCompleted;
+    }
+
+    /// <summary>
+    /// Frees the pool's memory and closes its files once no host request is inside (the background
+    /// work has stopped and failed whatever waited for it, so the rest leave soon). A request still
+    /// inside after HostLeaveAfterStopMaxMs keeps everything open: better a leak until the process
+    /// exits than a request reading freed memory or a reused descriptor.
+    /// </summary>
+    private async Task DisposeResourcesWhenHostsLeftAsync()
+    {
+        if (!await CloseHostGateAsync(HostLeaveAfterStopMaxMs).ConfigureAwait(false))
+        {
+            _disposed = true;
+            _log.LogError("{Count} host requests still inside the stopped pool after {Seconds} s: its memory and files stay open until the process exits",
+                Hosts.Inside, HostLeaveAfterStopMaxMs / 1000);
+            return;
+        }
         DisposeResources();
     }
 

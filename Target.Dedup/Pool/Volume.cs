@@ -1,5 +1,6 @@
 // A thin volume as the protocols see it (IBlockVolume). Range checks happen here, again, on
-// purpose; the I/O itself is the pool's.
+// purpose; the I/O itself is the pool's. Every request passes the pool's host gate for as long as
+// it runs, so a closing pool refuses new requests (NotOwnerException) and waits for the rest.
 using Target.Dedup.Engine;
 
 namespace Target.Dedup;
@@ -43,41 +44,42 @@ public sealed class Volume : IBlockVolume
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct)
     {
         CheckRange(offset, destination.Length);
-        return _pool.ReadAsync(this, offset, destination);
+        return _pool.Hosts.Run(static s => s.Volume._pool.ReadAsync(s.Volume, s.Offset, s.Destination), (Volume: this, Offset: offset, Destination: destination));
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags, CancellationToken ct)
     {
         CheckRange(offset, source.Length);
-        return _pool.WriteAsync(this, offset, source, flags, ct);
+        return _pool.Hosts.Run(static s => s.Volume._pool.WriteAsync(s.Volume, s.Offset, s.Source, s.Flags, s.Ct), (Volume: this, Offset: offset, Source: source, Flags: flags, Ct: ct));
     }
 
-    public ValueTask FlushAsync(CancellationToken ct) => _pool.FlushAllAsync(ct);
+    public ValueTask FlushAsync(CancellationToken ct) => _pool.Hosts.Run(static s => s.Pool.FlushAllAsync(s.Ct), (Pool: _pool, Ct: ct));
 
-    public ValueTask TrimAsync(long offset, long length, CancellationToken ct)
+    public ValueTask TrimAsync(long offset, long length, CancellationToken ct) =>
+        SetRangeAsync(offset, length, Index.ChunkTable.HoleId, fua: false, ct);
+
+    public ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags flags, CancellationToken ct) =>
+        SetRangeAsync(offset, length, (flags & ZeroFlags.NoHole) != 0 ? Index.ChunkTable.ZeroId : Index.ChunkTable.HoleId, (flags & ZeroFlags.Fua) != 0, ct);
+
+    private ValueTask SetRangeAsync(long offset, long length, uint value, bool fua, CancellationToken ct)
     {
         CheckRange(offset, length);
-        return _pool.SetRangeAsync(this, offset, length, Index.ChunkTable.HoleId, fua: false, ct);
-    }
-
-    public ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags flags, CancellationToken ct)
-    {
-        CheckRange(offset, length);
-        uint value = (flags & ZeroFlags.NoHole) != 0 ? Index.ChunkTable.ZeroId : Index.ChunkTable.HoleId;
-        return _pool.SetRangeAsync(this, offset, length, value, (flags & ZeroFlags.Fua) != 0, ct);
+        return _pool.Hosts.Run(static s => s.Volume._pool.SetRangeAsync(s.Volume, s.Offset, s.Length, s.Value, s.Fua, s.Ct),
+            (Volume: this, Offset: offset, Length: length, Value: value, Fua: fua, Ct: ct));
     }
 
     public ValueTask<ExtentList> GetAllocationAsync(long offset, long length, CancellationToken ct)
     {
         CheckRange(offset, length);
-        return ValueTask.FromResult(_pool.GetAllocation(this, offset, length));
+        return _pool.Hosts.Run(static s => ValueTask.FromResult(s.Volume._pool.GetAllocation(s.Volume, s.Offset, s.Length)), (Volume: this, Offset: offset, Length: length));
     }
 
     public ValueTask<bool> CompareAndWriteAsync(long offset, ReadOnlyMemory<byte> expected, ReadOnlyMemory<byte> source, CancellationToken ct)
     {
         if (expected.Length != source.Length) throw new ArgumentException("compare and write: expected and source lengths differ");
         CheckRange(offset, source.Length);
-        return _pool.CompareAndWriteAsync(this, offset, expected, source, ct);
+        return _pool.Hosts.Run(static s => s.Volume._pool.CompareAndWriteAsync(s.Volume, s.Offset, s.Expected, s.Source, s.Ct),
+            (Volume: this, Offset: offset, Expected: expected, Source: source, Ct: ct));
     }
 
     public ValueTask CopyAsync(long sourceOffset, IBlockVolume destination, long destinationOffset, long length, CancellationToken ct)
@@ -85,7 +87,8 @@ public sealed class Volume : IBlockVolume
         CheckRange(sourceOffset, length);
         if (destination is not Volume target) throw new ArgumentException("copy by reference needs a volume of the same pool");
         target.CheckRange(destinationOffset, length);
-        return _pool.CopyAsync(this, sourceOffset, target, destinationOffset, length, ct);
+        return _pool.Hosts.Run(static s => s.Volume._pool.CopyAsync(s.Volume, s.SourceOffset, s.Target, s.TargetOffset, s.Length, s.Ct),
+            (Volume: this, SourceOffset: sourceOffset, Target: target, TargetOffset: destinationOffset, Length: length, Ct: ct));
     }
 
     public VolumeStats GetStats() => _pool.VolumeStatsOf(this);
