@@ -32,6 +32,7 @@ public sealed partial class Pool : IAsyncDisposable
     private readonly PoolState _state;
     private readonly Dictionary<uint, Volume> _volumes = new();
     private bool _disposed;
+    private bool _checkOnly;
 
     /// <summary>How long a closing pool waits for host requests to finish before it destages and checkpoints anyway (a writer may wait SpaceWaitMaxMs for space).</summary>
     internal const int HostDrainMaxMs = 2 * SpaceWaitMaxMs;
@@ -40,7 +41,6 @@ public sealed partial class Pool : IAsyncDisposable
 
     /// <summary>The gate every host request passes (Volume's I/O, volume and checkpoint requests); closed by DisposeAsync.</summary>
     internal HostGate Hosts { get; } = new();
-    private bool _checkOnly;
 
     private Pool(PoolOptions options, ILogger log, PoolLock poolLock, IBlockDevice device, Superblock super)
     {
@@ -457,9 +457,15 @@ public sealed partial class Pool : IAsyncDisposable
     /// <summary>Closes the host gate; true when every request inside left within <paramref name="timeoutMs"/>.</summary>
     private async Task<bool> CloseHostGateAsync(int timeoutMs)
     {
-        Task drained = Hosts.CloseAsync();
-        if (!drained.IsCompleted) await Task.WhenAny(drained, Task.Delay(timeoutMs)).ConfigureAwait(false);
-        return drained.IsCompleted;
+        try
+        {
+            await Hosts.CloseAsync().WaitAsync(TimeSpan.FromMilliseconds(timeoutMs)).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
     }
 
     /// <summary>
