@@ -53,37 +53,24 @@ internal sealed class HostGate
     /// gate is closed, and leaves when the operation completes or throws. A static lambda and a
     /// struct state keep it allocation-free.
     /// </summary>
-    public ValueTask Run<TState>(Func<TState, ValueTask> operation, TState state)
-    {
-        Enter();
-        ValueTask started;
-        try
-        {
-            started = operation(state);
-        }
-        catch
-        {
-            Exit();
-            throw;
-        }
-        return ExitWhenDone(started);
-    }
+    public ValueTask Run<TState>(Func<TState, ValueTask> operation, TState state) => ExitWhenDone(Start(operation, state));
 
     /// <inheritdoc cref="Run{TState}(Func{TState, ValueTask}, TState)"/>
-    public ValueTask<T> Run<TState, T>(Func<TState, ValueTask<T>> operation, TState state)
+    public ValueTask<T> Run<TState, T>(Func<TState, ValueTask<T>> operation, TState state) => ExitWhenDone(Start(operation, state));
+
+    /// <summary>Enters and starts the operation; exits again when it throws before returning its task.</summary>
+    private TTask Start<TState, TTask>(Func<TState, TTask> operation, TState state)
     {
         Enter();
-        ValueTask<T> started;
         try
         {
-            started = operation(state);
+            return operation(state);
         }
         catch
         {
             Exit();
             throw;
         }
-        return ExitWhenDone(started);
     }
 
     /// <summary>Enters, or throws NotOwnerException when the gate is closed; pair with one <see cref="Exit"/>.</summary>
