@@ -265,24 +265,19 @@ public sealed partial class Pool : IAsyncDisposable
     }
 
     /// <summary>Runs a change of the volume set inside the host gate and under the commit mutex.</summary>
-    private async ValueTask<T> ChangeVolumesAsync<T>(Func<T> change, CancellationToken ct)
+    private ValueTask<T> ChangeVolumesAsync<T>(Func<T> change, CancellationToken ct) =>
+        Hosts.Run(static s => s.Pool.UnderCommitAsync(s.Change, s.Ct), (Pool: this, Change: change, Ct: ct));
+
+    private async ValueTask<T> UnderCommitAsync<T>(Func<T> change, CancellationToken ct)
     {
-        Hosts.Enter();
+        await _commit.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            await _commit.WaitAsync(ct).ConfigureAwait(false);
-            try
-            {
-                return change();
-            }
-            finally
-            {
-                _commit.Release();
-            }
+            return change();
         }
         finally
         {
-            Hosts.Exit();
+            _commit.Release();
         }
     }
 
@@ -396,18 +391,7 @@ public sealed partial class Pool : IAsyncDisposable
     }
 
     /// <summary>Destages everything and writes a checkpoint.</summary>
-    public async ValueTask CheckpointAsync(CancellationToken ct)
-    {
-        Hosts.Enter();
-        try
-        {
-            await CheckpointNowAsync(ct).ConfigureAwait(false);
-        }
-        finally
-        {
-            Hosts.Exit();
-        }
-    }
+    public ValueTask CheckpointAsync(CancellationToken ct) => Hosts.Run(static s => s.Pool.CheckpointNowAsync(s.Ct), (Pool: this, Ct: ct));
 
     private async ValueTask CheckpointNowAsync(CancellationToken ct)
     {
